@@ -1,0 +1,41 @@
+# Two commands do everything: `make run` and `make test`. Both create the virtualenv and install
+# on first use (and again when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint format check-python bench-ingest bench clean
+
+check-python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ingestor needs Python >= 3.11; set PYTHON=python3.11 (or newer)")'
+
+$(STAMP): pyproject.toml | check-python
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m ingestor_site.stack run
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
+	$(PY) -m ingestor_site.stack exec -- $(PY) -m pytest $(PYTEST_ARGS)
+
+bench-ingest: install
+	$(PY) -m ingestor_site.stack exec -- $(PY) scripts/bench_ingest.py
+
+clean:
+	rm -rf $(VENV) .data staticfiles .pytest_cache .mypy_cache .ruff_cache test-output

@@ -1,0 +1,39 @@
+"""`manage.py rqworker ingest`, working out of the box for this project's JSON jobs.
+
+django-rq's own command defaults to rq's pickle serializer and the forking Worker, so a plain
+`manage.py rqworker ingest` would fail every job with a DeserializationError. This command is
+the same one with defaults that fit: the queue's serializer, IngestWorker, the scheduler on
+(retries with backoff need it) and a short worker TTL.
+"""
+
+from __future__ import annotations
+
+from argparse import ArgumentParser
+from typing import Any
+
+from django.conf import settings
+from django_rq.management.commands.rqworker import Command as DjangoRQWorkerCommand
+
+from messages_app.worker import WORKER_TTL_S
+
+
+class Command(DjangoRQWorkerCommand):
+    help = "Run an rq worker for the given queues (default: ingest) with the JSON serializer."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument(
+            "--without-scheduler",
+            action="store_false",
+            dest="with_scheduler",
+            help="Do not run rq's scheduler (retries with backoff then wait for a worker that does).",
+        )
+        parser.set_defaults(
+            worker_class="messages_app.worker.IngestWorker",
+            serializer=settings.RQ_QUEUES["ingest"]["SERIALIZER"],
+            with_scheduler=True,
+            worker_ttl=WORKER_TTL_S,
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        super().handle(*(args or ("ingest",)), **options)

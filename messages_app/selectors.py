@@ -1,0 +1,65 @@
+"""Reads of the ingest pipeline: stored messages, health, queue state."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.db import DatabaseError, connection
+from redis.exceptions import RedisError
+from rq import Worker
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+from messages_app.models import Message
+from messages_app.services import ingest_queue, redis_connection
+from metrics_app import metrics
+
+
+async def messages_latest(*, limit: int, channel_id: int | None, user_id: int | None) -> list[dict[str, Any]]:
+    """The latest persisted messages, newest first, optionally for one channel and/or user."""
+    rows = Message.objects.order_by("-created_at")
+    if channel_id is not None:
+        rows = rows.filter(channel_id=channel_id)
+    if user_id is not None:
+        rows = rows.filter(user_id=user_id)
+    fields = ("id", "user_id", "channel_id", "content", "created_at", "inserted_at")
+    return [{**row, "id": str(row["id"])} async for row in rows.values(*fields)[:limit]]
+
+
+def backlog_messages() -> int:
+    """Messages accepted by the API and not yet persisted (or dead-lettered)."""
+    return max(int(redis_connection().get(metrics.QUEUE_LENGTH) or 0), 0)
+
+
+def health_report() -> dict[str, Any]:
+    report: dict[str, Any] = {"status": "healthy", "redis": "connected", "database": "connected"}
+    try:
+        report["queue_length"] = backlog_messages()
+    except (RedisError, OSError) as exc:
+        report.update(status="unhealthy", redis="disconnected", redis_error=type(exc).__name__)
+        report["queue_length"] = None
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError as exc:
+        report.update(status="unhealthy", database="disconnected", database_error=type(exc).__name__)
+    finally:
+        connection.close()
+    return report
+
+
+def queue_report() -> dict[str, Any]:
+    queue = ingest_queue()
+    redis = queue.connection
+    last_batch = redis.get(metrics.LAST_BATCH)
+    return {
+        "queue": queue.name,
+        "backlog_messages": backlog_messages(),
+        "jobs_queued": queue.count,
+        "jobs_running": StartedJobRegistry(queue=queue).count,
+        "jobs_scheduled_for_retry": ScheduledJobRegistry(queue=queue).count,
+        "jobs_failed": FailedJobRegistry(queue=queue).count,
+        "workers": Worker.count(queue=queue),
+        "dead_letters": int(redis.get(metrics.TOTAL_DEAD_LETTERS) or 0),
+        "last_batch": json.loads(last_batch) if last_batch else None,
+    }

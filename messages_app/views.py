@@ -1,0 +1,193 @@
+"""The JSON API: thin async doors into validation, the batcher, services and selectors.
+
+These views run on a handler without Django's middleware (ingestor_site/asgi.py), so each one
+checks what it needs itself: method, content type, size, API key.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import uuid6
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from redis.exceptions import RedisError
+
+from messages_app import selectors
+from messages_app.batcher import Overloaded, batcher_for_loop
+from messages_app.openapi import OPENAPI_SCHEMA
+from messages_app.validation import message_validate
+
+RETRY_AFTER_S = "1"
+
+
+def _error(status: int, detail: str, **extra: Any) -> JsonResponse:
+    response = JsonResponse({"detail": detail, **extra}, status=status)
+    if status == 503:
+        response["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
+def _method_not_allowed(request: HttpRequest, allowed: str) -> JsonResponse:
+    response = _error(405, f"method {request.method} not allowed; use {allowed}")
+    response["Allow"] = allowed
+    return response
+
+
+def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
+    """Decode the request body as JSON, or say precisely why not (401/413/415/400)."""
+    if settings.INGEST_API_KEYS:
+        key = request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix(
+            "Bearer "
+        )
+        if key not in settings.INGEST_API_KEYS:
+            return None, _error(401, "missing or unknown API key (X-API-Key header)")
+    content_type = request.content_type or ""
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        return None, _error(415, f"Content-Type must be application/json, got {content_type or 'none'!r}")
+    declared = request.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > settings.INGEST_MAX_BODY_BYTES:
+        return None, _error(413, f"body larger than {settings.INGEST_MAX_BODY_BYTES} bytes")
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return None, _error(413, f"body larger than {settings.INGEST_MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(body), None
+    except (ValueError, RecursionError) as exc:
+        return None, _error(400, f"malformed JSON: {exc}")
+
+
+async def _submit(rows: list[list[Any]]) -> JsonResponse | None:
+    """Hand rows to the batcher; None once they are in Redis, else the 503 to answer."""
+    try:
+        await batcher_for_loop().submit(rows)
+    except Overloaded:
+        return _error(503, f"backlog over {settings.INGEST_MAX_BACKLOG} messages; retry later")
+    except (RedisError, OSError) as exc:
+        return _error(503, f"queue unavailable: {type(exc).__name__}", redis="disconnected")
+    return None
+
+
+def _counted(response: JsonResponse) -> JsonResponse:
+    batcher_for_loop().response_count(response.status_code)
+    return response
+
+
+def _row(message: Any, received: float) -> list[Any]:
+    return [message.id or str(uuid6.uuid7()), message.user_id, message.channel_id, message.content, received]
+
+
+@csrf_exempt
+async def messages(request: HttpRequest) -> HttpResponse:
+    """POST a message (201 once it is in Redis); GET the latest persisted messages."""
+    if request.method == "GET":
+        return await messages_list(request)
+    if request.method != "POST":
+        return _method_not_allowed(request, "GET, POST")
+    payload, problem = _json_body(request)
+    if problem is not None:
+        return _counted(problem)
+    message, errors = message_validate(payload)
+    if message is None:
+        return _counted(_error(422, "invalid message", errors=errors))
+    received = time.time()
+    row = _row(message, received)
+    problem = await _submit([row])
+    if problem is not None:
+        return _counted(problem)
+    queued_at = datetime.fromtimestamp(received, tz=UTC).isoformat()
+    return JsonResponse({"message_id": row[0], "status": "queued", "queued_at": queued_at}, status=201)
+
+
+@csrf_exempt
+async def messages_batch(request: HttpRequest) -> HttpResponse:
+    """POST up to INGEST_MAX_BATCH_ITEMS messages; good items land whatever the bad ones say."""
+    if request.method != "POST":
+        return _method_not_allowed(request, "POST")
+    payload, problem = _json_body(request)
+    if problem is not None:
+        return _counted(problem)
+    if type(payload) is not dict or type(payload.get("messages")) is not list:
+        return _counted(_error(422, "body must be an object with a 'messages' list"))
+    items = payload["messages"]
+    limit = settings.INGEST_MAX_BATCH_ITEMS
+    if len(items) > limit:
+        return _counted(_error(413, f"batch of {len(items)} messages is over the limit of {limit}"))
+    if not items:
+        return _counted(_error(422, "'messages' must not be empty"))
+    received = time.time()
+    rows: list[list[Any]] = []
+    rejected: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        message, errors = message_validate(item)
+        if message is None:
+            rejected.append({"index": index, "errors": errors})
+        else:
+            rows.append(_row(message, received))
+    body: dict[str, Any] = {
+        "accepted": len(rows),
+        "message_ids": [row[0] for row in rows],
+        "rejected": rejected,
+    }
+    if not rows:
+        return _counted(JsonResponse({"detail": "no valid message in the batch", **body}, status=422))
+    problem = await _submit(rows)
+    if problem is not None:
+        return _counted(problem)
+    body["status"] = "queued"
+    body["queued_at"] = datetime.fromtimestamp(received, tz=UTC).isoformat()
+    return JsonResponse(body, status=201)
+
+
+def _positive_int_param(request: HttpRequest, name: str, default: int | None, maximum: int) -> int | None:
+    raw = request.GET.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not 0 < int(raw) <= maximum:
+        raise ValueError(f"{name} must be an integer from 1 to {maximum}")
+    return int(raw)
+
+
+async def messages_list(request: HttpRequest) -> HttpResponse:
+    try:
+        limit = _positive_int_param(request, "limit", 50, 1000) or 50
+        channel_id = _positive_int_param(request, "channel_id", None, 2**63 - 1)
+        user_id = _positive_int_param(request, "user_id", None, 2**63 - 1)
+    except ValueError as exc:
+        return _error(422, str(exc))
+    rows = await selectors.messages_latest(limit=limit, channel_id=channel_id, user_id=user_id)
+    return JsonResponse({"messages": rows, "count": len(rows)})
+
+
+async def health(request: HttpRequest) -> HttpResponse:
+    """Readiness: Redis and PostgreSQL both answer; 503 naming the part that does not."""
+    report = await sync_to_async(selectors.health_report, thread_sensitive=False)()
+    status = 200 if report["status"] == "healthy" else 503
+    response = JsonResponse(report, status=status)
+    if status == 503:
+        response["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
+async def health_live(request: HttpRequest) -> HttpResponse:
+    """Liveness: the process answers; touches neither Redis nor PostgreSQL."""
+    return JsonResponse({"status": "alive"})
+
+
+async def queue_status(request: HttpRequest) -> HttpResponse:
+    try:
+        report = await sync_to_async(selectors.queue_report, thread_sensitive=False)()
+    except (RedisError, OSError) as exc:
+        return _error(503, f"queue unavailable: {type(exc).__name__}", redis="disconnected")
+    return JsonResponse(report)
+
+
+async def openapi(request: HttpRequest) -> HttpResponse:
+    return JsonResponse(OPENAPI_SCHEMA)

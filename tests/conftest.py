@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import redis as redis_lib
+from django.conf import settings
+from django.db import connection
+
+from tests.livestack import LiveStack
+
+OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
+
+
+@pytest.fixture
+def output_dir(request: pytest.FixtureRequest) -> Path:
+    """A folder for this test's logs and screenshots, kept after the run (git-ignored)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)[-120:]
+    path = OUTPUT_DIR / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis_lib.Redis]:
+    """The configured Redis database, empty before and after the test."""
+    client = redis_lib.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def subprocess_database_url() -> str:
+    """DATABASE_URL of the test database pytest-django created, for server subprocesses."""
+    db = connection.settings_dict
+    auth = quote(db["USER"] or "")
+    if db["PASSWORD"]:
+        auth += ":" + quote(db["PASSWORD"])
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture
+def live_stack(transactional_db: None, redis_client: redis_lib.Redis, output_dir: Path) -> Iterator[LiveStack]:
+    """The real web server and one real rq worker, against the test database and Redis."""
+    stack = LiveStack(database_url=subprocess_database_url(), redis_url=settings.REDIS_URL, log_dir=output_dir)
+    try:
+        stack.web_start()
+        stack.worker_start()
+        yield stack
+    finally:
+        stack.stop()
