@@ -74,18 +74,15 @@ class PersistResult:
 def _rows_insert(batch: list[BatchRow], committed_at: datetime) -> int:
     """Insert rows in one statement, ignoring known ids; return how many were new.
 
-    `unnest` over typed arrays sends the whole batch as six parameters: one round trip and no
-    per-row SQL, several times faster than bulk_create's VALUES list (BENCHMARKS in README).
+    `unnest` over typed arrays sends the whole batch as a few array parameters: one round trip,
+    no per-row SQL and no per-row Python objects; measured 2-3x bulk_create's rows/s (README).
     """
-    ids, user_ids, channel_ids, contents, created = [], [], [], [], []
-    for row in batch:
-        ids.append(row[0])
-        user_ids.append(row[1])
-        channel_ids.append(row[2])
-        contents.append(row[3])
-        created.append(datetime.fromtimestamp(row[4], tz=UTC))
+    ids, user_ids, channel_ids, contents, received = zip(*batch, strict=True)
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(), [committed_at, ids, user_ids, channel_ids, contents, created])
+        cursor.execute(
+            _insert_sql(),
+            [committed_at, list(ids), list(user_ids), list(channel_ids), list(contents), list(received)],
+        )
         return cursor.rowcount
 
 
@@ -98,8 +95,9 @@ def _insert_sql() -> str:
     return (
         f"INSERT INTO {table} ({column['id']}, {column['user_id']}, {column['channel_id']}, "  # noqa: S608
         f"{column['content']}, {column['created_at']}, {column['inserted_at']}) "
-        "SELECT u.*, %s FROM unnest(%s::uuid[], %s::bigint[], %s::bigint[], %s::text[], %s::timestamptz[]) "
-        "AS u(id, user_id, channel_id, content, created_at) "
+        "SELECT u.id, u.user_id, u.channel_id, u.content, to_timestamp(u.received), %s "
+        "FROM unnest(%s::uuid[], %s::bigint[], %s::bigint[], %s::text[], %s::float8[]) "
+        "AS u(id, user_id, channel_id, content, received) "
         f"ON CONFLICT ({column['id']}) DO NOTHING"
     )
 
