@@ -17,7 +17,9 @@ from metrics_app import metrics
 
 async def messages_latest(*, limit: int, channel_id: int | None, user_id: int | None) -> list[dict[str, Any]]:
     """The latest persisted messages, newest first, optionally for one channel and/or user."""
-    rows = Message.objects.order_by("-created_at")
+    # A batch's rows share one receipt time; their UUIDv7 ids keep them newest first (an incremental
+    # sort on top of the created_at indexes).
+    rows = Message.objects.order_by("-created_at", "-id")
     if channel_id is not None:
         rows = rows.filter(channel_id=channel_id)
     if user_id is not None:

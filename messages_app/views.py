@@ -58,6 +58,9 @@ def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
         body = request.body
     except RequestDataTooBig:
         return None, _error(413, f"body larger than {settings.INGEST_MAX_BODY_BYTES} bytes")
+    # A chunked body has no Content-Length; Django only checks it against DATA_UPLOAD_MAX_MEMORY_SIZE.
+    if len(body) > settings.INGEST_MAX_BODY_BYTES:
+        return None, _error(413, f"body larger than {settings.INGEST_MAX_BODY_BYTES} bytes")
     try:
         return json.loads(body), None
     except (ValueError, RecursionError) as exc:
@@ -150,7 +153,8 @@ def _positive_int_param(request: HttpRequest, name: str, default: int | None, ma
     raw = request.GET.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not 0 < int(raw) <= maximum:
+    # isascii: str.isdigit() also accepts digits int() refuses, such as "²".
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= maximum:
         raise ValueError(f"{name} must be an integer from 1 to {maximum}")
     return int(raw)
 
@@ -166,8 +170,13 @@ async def messages_list(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"messages": rows, "count": len(rows)})
 
 
+_READ_ONLY = "GET, HEAD"
+
+
 async def health(request: HttpRequest) -> HttpResponse:
     """Readiness: Redis and PostgreSQL both answer; 503 naming the part that does not."""
+    if request.method not in ("GET", "HEAD"):
+        return _method_not_allowed(request, _READ_ONLY)
     report = await sync_to_async(selectors.health_report, thread_sensitive=False)()
     status = 200 if report["status"] == "healthy" else 503
     response = JsonResponse(report, status=status)
@@ -178,10 +187,14 @@ async def health(request: HttpRequest) -> HttpResponse:
 
 async def health_live(request: HttpRequest) -> HttpResponse:
     """Liveness: the process answers; touches neither Redis nor PostgreSQL."""
+    if request.method not in ("GET", "HEAD"):
+        return _method_not_allowed(request, _READ_ONLY)
     return JsonResponse({"status": "alive"})
 
 
 async def queue_status(request: HttpRequest) -> HttpResponse:
+    if request.method not in ("GET", "HEAD"):
+        return _method_not_allowed(request, _READ_ONLY)
     try:
         report = await sync_to_async(selectors.queue_report, thread_sensitive=False)()
     except (RedisError, OSError) as exc:
@@ -190,4 +203,6 @@ async def queue_status(request: HttpRequest) -> HttpResponse:
 
 
 async def openapi(request: HttpRequest) -> HttpResponse:
+    if request.method not in ("GET", "HEAD"):
+        return _method_not_allowed(request, _READ_ONLY)
     return JsonResponse(OPENAPI_SCHEMA)
