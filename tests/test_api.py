@@ -18,7 +18,9 @@ from typing import Any
 import httpx
 import pytest
 import redis as redis_lib
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 from django.test import override_settings
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -244,7 +246,12 @@ async def test_batch_body_without_a_messages_list_answers_422(api: httpx.AsyncCl
 # GET /messages
 
 
-async def _stored(count: int, **fields: Any) -> list[Message]:
+@sync_to_async
+def _stored(count: int, **fields: Any) -> list[Message]:
+    """Rows as the worker would have written them; the connection goes back to the pool after.
+
+    A connection left checked out in the ORM's thread would keep the test database from being dropped.
+    """
     start = datetime.now(tz=UTC) - timedelta(hours=1)
     rows = [
         Message(
@@ -257,7 +264,10 @@ async def _stored(count: int, **fields: Any) -> list[Message]:
         )
         for index in range(count)
     ]
-    return await Message.objects.abulk_create(rows)
+    try:
+        return Message.objects.bulk_create(rows)
+    finally:
+        connection.close()
 
 
 @pytest.mark.django_db(transaction=True)
