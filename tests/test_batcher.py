@@ -1,0 +1,147 @@
+"""The group-commit batcher against a real Redis: many requests, one rq job, one round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+import redis as redis_lib
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from ingestor_site.embedded import free_port
+from messages_app import batcher as batcher_module
+from messages_app import services
+from messages_app.batcher import Batcher, Overloaded
+
+# A Batcher waits at most this long in these tests; far past any linger they configure.
+WAIT_S = 10
+
+
+def _rows(count: int, channel_id: int = 1) -> list[list[Any]]:
+    return [[str(uuid.uuid4()), 1, channel_id, f"message {index}", 1_700_000_000.0] for index in range(count)]
+
+
+def _batcher(*, size: int = 500, linger_s: float = 0.05, max_backlog: int = 1_000_000) -> Batcher:
+    return Batcher(enqueue=services.batch_enqueue, size=size, linger_s=linger_s, max_backlog=max_backlog)
+
+
+def _jobs() -> list[list[list[Any]]]:
+    """The batch of each job waiting in the `ingest` queue."""
+    return [job.args[0] for job in services.ingest_queue().get_jobs()]
+
+
+async def test_flushes_as_soon_as_it_holds_batch_size_rows(redis_client: redis_lib.Redis) -> None:
+    batcher = _batcher(size=3, linger_s=60)
+    submits = [batcher.submit(_rows(1)) for _ in range(3)]
+    # With a minute of linger, only the size trigger can answer these in time.
+    await asyncio.wait_for(asyncio.gather(*submits), timeout=WAIT_S)
+    assert [len(batch) for batch in _jobs()] == [3]
+
+
+async def test_a_submit_larger_than_batch_size_stays_one_job(redis_client: redis_lib.Redis) -> None:
+    batcher = _batcher(size=3, linger_s=60)
+    rows = _rows(7)
+    await asyncio.wait_for(batcher.submit(rows), timeout=WAIT_S)
+    assert _jobs() == [rows]
+
+
+async def test_flushes_a_partial_batch_after_the_linger(redis_client: redis_lib.Redis) -> None:
+    batcher = _batcher(size=500, linger_s=0.2)
+    rows = _rows(2)
+    submit = asyncio.create_task(batcher.submit(rows))
+    await asyncio.sleep(0)
+    assert not submit.done()
+    assert _jobs() == []  # still lingering, waiting for company
+    await asyncio.wait_for(submit, timeout=WAIT_S)
+    assert _jobs() == [rows]
+
+
+async def test_many_concurrent_submits_share_one_job(redis_client: redis_lib.Redis) -> None:
+    batcher = _batcher(size=500, linger_s=0.5)
+    submits = [batcher.submit(_rows(1, channel_id=index + 1)) for index in range(200)]
+    await asyncio.wait_for(asyncio.gather(*submits), timeout=WAIT_S)
+    jobs = _jobs()
+    assert len(jobs) == 1
+    assert [row[2] for row in jobs[0]] == list(range(1, 201))
+    assert int(redis_client.get("queue_length") or 0) == 200
+    assert int(redis_client.get("total_accepted") or 0) == 200
+
+
+async def test_consecutive_batches_become_separate_jobs(redis_client: redis_lib.Redis) -> None:
+    batcher = _batcher(size=500, linger_s=0.01)
+    first, second = _rows(2), _rows(3)
+    await asyncio.wait_for(batcher.submit(first), timeout=WAIT_S)
+    await asyncio.wait_for(batcher.submit(second), timeout=WAIT_S)
+    assert _jobs() == [first, second]
+
+
+async def test_refuses_with_overloaded_when_the_backlog_reaches_the_maximum(
+    redis_client: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batcher_module, "_BACKLOG_REFRESH_S", 0.0)
+    redis_client.set("queue_length", 10)
+    batcher = _batcher(max_backlog=5, linger_s=0.01)
+    # The batcher learns the backlog from its own enqueue's reply (10 + 1)...
+    await asyncio.wait_for(batcher.submit(_rows(1)), timeout=WAIT_S)
+    assert batcher.backlog == 11
+    # ...and refuses the next message, re-reading Redis first, without enqueueing it.
+    with pytest.raises(Overloaded):
+        await asyncio.wait_for(batcher.submit(_rows(1)), timeout=WAIT_S)
+    assert len(_jobs()) == 1
+    # Workers drained the queue: the next refresh lets messages in again.
+    redis_client.set("queue_length", 0)
+    await asyncio.wait_for(batcher.submit(_rows(1)), timeout=WAIT_S)
+    assert len(_jobs()) == 2
+
+
+async def test_a_backlog_exactly_at_the_maximum_is_refused(
+    redis_client: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batcher_module, "_BACKLOG_REFRESH_S", 0.0)
+    batcher = _batcher(max_backlog=3, linger_s=0.01)
+    await asyncio.wait_for(batcher.submit(_rows(3)), timeout=WAIT_S)
+    with pytest.raises(Overloaded):
+        await batcher.submit(_rows(1))
+
+
+async def test_a_redis_error_reaches_every_waiter_of_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A real Redis client aimed at a port nothing listens on: what the API meets when Redis is down.
+    unreachable = redis_lib.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    queue = Queue(services.INGEST_QUEUE, connection=unreachable, serializer=JSONSerializer)
+    monkeypatch.setattr(services, "ingest_queue", lambda: queue)
+    batcher = _batcher(size=3, linger_s=60)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit(_rows(1)) for _ in range(3)), return_exceptions=True), timeout=WAIT_S
+    )
+    assert len(results) == 3
+    assert all(isinstance(result, RedisConnectionError) for result in results), results
+
+
+async def test_a_cancelled_waiter_does_not_cancel_its_batch(redis_client: redis_lib.Redis) -> None:
+    batcher = _batcher(size=500, linger_s=0.2)
+    hung_up_rows, staying_rows = _rows(1), _rows(1)
+    hung_up = asyncio.create_task(batcher.submit(hung_up_rows))
+    staying = asyncio.create_task(batcher.submit(staying_rows))
+    await asyncio.sleep(0)
+    hung_up.cancel()  # the client went away before the flush
+    await asyncio.wait_for(staying, timeout=WAIT_S)
+    assert hung_up.cancelled()
+    # Its rows had joined the batch: they are in Redis with the others, as a 201 would have said.
+    assert _jobs() == [hung_up_rows + staying_rows]
+
+
+async def test_a_waiter_cancelled_during_the_enqueue_leaves_the_batch_whole(
+    redis_client: redis_lib.Redis,
+) -> None:
+    batcher = _batcher(size=2, linger_s=60)
+    first = asyncio.create_task(batcher.submit(_rows(1)))
+    second = asyncio.create_task(batcher.submit(_rows(1)))
+    await asyncio.sleep(0)  # both joined; the size trigger started the flush
+    first.cancel()
+    await asyncio.wait_for(second, timeout=WAIT_S)
+    assert first.cancelled()
+    assert [len(batch) for batch in _jobs()] == [2]
