@@ -2,4 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
-websocket_urlpatterns: list[Any] = []
+from django.urls import path
+
+from metrics_app.consumers import StatsConsumer
+
+websocket_urlpatterns: list[Any] = [
+    path("ws/stats", StatsConsumer.as_asgi()),
+]

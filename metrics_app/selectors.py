@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from messages_app.services import redis_connection
+from django.db import connection
+from redis.asyncio import Redis as AsyncRedis
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+from messages_app.models import Message
+from messages_app.services import INGEST_QUEUE, redis_connection
 from metrics_app import metrics
+
+# The cumulative counters every reader wants, in the order `counters_parse` expects them.
+COUNTER_KEYS = (
+    metrics.TOTAL_MESSAGES,
+    metrics.TOTAL_BATCHES,
+    metrics.QUEUE_LENGTH,
+    metrics.TOTAL_ACCEPTED,
+    metrics.TOTAL_DEAD_LETTERS,
+)
+WORKERS_KEY = WORKERS_BY_QUEUE_KEY % INGEST_QUEUE
 
 
 def stats_snapshot(*, now: float | None = None) -> dict[str, Any]:
@@ -22,3 +39,84 @@ def stats_snapshot(*, now: float | None = None) -> dict[str, Any]:
     snapshot.update(derived)
     snapshot["timestamp"] = now
     return snapshot
+
+
+def counters_parse(values: list[Any]) -> dict[str, int]:
+    counters = {name: int(value or 0) for name, value in zip(COUNTER_KEYS, values, strict=True)}
+    # A reset while batches were in flight can leave the backlog counter below zero for a moment.
+    counters[metrics.QUEUE_LENGTH] = max(counters[metrics.QUEUE_LENGTH], 0)
+    return counters
+
+
+def second_parse(raw: dict[Any, Any]) -> dict[str, float]:
+    """A per-second hash as field name -> number."""
+    return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
+
+
+@dataclass(frozen=True)
+class DashboardRead:
+    """Everything the dashboard needs from Redis at one instant (one pipeline, one round trip)."""
+
+    counters: dict[str, int]
+    workers: int
+    recent_batches: list[dict[str, Any]]
+    seconds: dict[int, dict[str, float]]
+
+
+async def dashboard_read(*, redis: AsyncRedis, seconds: list[int], batches: int) -> DashboardRead:
+    """Counters, live workers, the latest `batches` batches and the given per-second hashes."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.mget(COUNTER_KEYS)
+        pipe.scard(WORKERS_KEY)
+        pipe.lrange(metrics.RECENT_BATCHES, 0, batches - 1)
+        for second in seconds:
+            pipe.hgetall(metrics.second_key(second))
+        replies = await pipe.execute()
+    return DashboardRead(
+        counters=counters_parse(replies[0]),
+        workers=int(replies[1]),
+        recent_batches=[json.loads(item) for item in replies[2]],
+        seconds={second: second_parse(raw) for second, raw in zip(seconds, replies[3:], strict=True)},
+    )
+
+
+@dataclass(frozen=True)
+class PrometheusRead:
+    counters: dict[str, int]
+    workers: int
+    gauges: dict[str, float]
+    latency_histogram: dict[str, float]
+
+
+def prometheus_read() -> PrometheusRead:
+    """What /metrics exposes, in one round trip, without writing anything.
+
+    The windowed gauges are the ones the workers refresh after their batches (and /stats on
+    each call); a scrape must not add work to Redis beyond its own read.
+    """
+    gauge_keys = (metrics.CURRENT_RPS, metrics.AVG_LATENCY_MS, metrics.P50_LATENCY_MS,
+                  metrics.P95_LATENCY_MS, metrics.P99_LATENCY_MS)  # fmt: skip
+    with redis_connection().pipeline(transaction=False) as pipe:
+        pipe.mget(COUNTER_KEYS)
+        pipe.scard(WORKERS_KEY)
+        pipe.mget(gauge_keys)
+        pipe.hgetall(metrics.LATENCY_HISTOGRAM)
+        counters, workers, gauges, histogram = pipe.execute()
+    return PrometheusRead(
+        counters=counters_parse(counters),
+        workers=int(workers),
+        gauges={name: float(value or 0) for name, value in zip(gauge_keys, gauges, strict=True)},
+        latency_histogram=second_parse(histogram),
+    )
+
+
+def messages_recent(*, limit: int) -> list[dict[str, Any]]:
+    """The latest persisted messages, newest first, for the dashboard's table.
+
+    Blocking: async callers run it in a thread. The connection goes back to the pool at once.
+    """
+    fields = ("id", "user_id", "channel_id", "content", "created_at", "inserted_at")
+    try:
+        return list(Message.objects.order_by("-created_at").values(*fields)[:limit])
+    finally:
+        connection.close()

@@ -1,19 +1,119 @@
-"""Metrics without JavaScript: JSON for scripts."""
+"""The dashboard page, its two controls, and the metrics for scripts (JSON) and Prometheus (text).
+
+/stats and /metrics run on the middleware-free API handler (ingestor_site/handlers.py); the page,
+/simulate and /reset keep Django's middleware for sessions, CSRF and the staff check.
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.template.loader import render_to_string
 from redis.exceptions import RedisError
 
-from metrics_app.selectors import stats_snapshot
+from messages_app.batcher import Overloaded
+from messages_app.services import messages_reset
+from metrics_app.dashboard import batches_rows, cards_build, dashboard_page_state, messages_rows
+from metrics_app.exposition import CONTENT_TYPE, prometheus_render
+from metrics_app.selectors import prometheus_read, stats_snapshot
+from metrics_app.services import SIMULATE_MAX, burst_simulate
+
+
+def _unavailable(exc: Exception) -> JsonResponse:
+    response = JsonResponse({"detail": f"metrics unavailable: {type(exc).__name__}"}, status=503)
+    response["Retry-After"] = "1"
+    return response
 
 
 async def stats(request: HttpRequest) -> HttpResponse:
     try:
         snapshot = await sync_to_async(stats_snapshot, thread_sensitive=False)()
     except (RedisError, OSError) as exc:
-        response = JsonResponse({"detail": f"metrics unavailable: {type(exc).__name__}"}, status=503)
-        response["Retry-After"] = "1"
-        return response
+        return _unavailable(exc)
     return JsonResponse(snapshot)
+
+
+async def prometheus_metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text format: counters, gauges and the latency histogram, shared by every process."""
+    try:
+        read = await sync_to_async(prometheus_read, thread_sensitive=False)()
+    except (RedisError, OSError) as exc:
+        return _unavailable(exc)
+    return HttpResponse(prometheus_render(read), content_type=CONTENT_TYPE)
+
+
+async def dashboard(request: HttpRequest) -> HttpResponse:
+    """The live dashboard; the numbers are in the HTML too, so it reads without JavaScript."""
+    user = await request.auser()
+    try:
+        state = await dashboard_page_state()
+    except (RedisError, OSError) as exc:
+        return render(request, "metrics_app/unavailable.html", {"error": type(exc).__name__}, status=503)
+    context: dict[str, Any] = {
+        "cards": cards_build(state.stats),
+        "batches": batches_rows(state.batches),
+        "messages": messages_rows(state.messages),
+        "is_staff": user.is_staff,
+        "simulate_max": SIMULATE_MAX,
+    }
+    return await sync_to_async(render)(request, "metrics_app/dashboard.html", context)
+
+
+def _answer(request: HttpRequest, code: int, message: str, **data: Any) -> HttpResponse:
+    """JSON for scripts; a short status line for the dashboard's htmx requests."""
+    if getattr(request, "htmx", False):
+        html = render_to_string("metrics_app/dashboard.html#notice", {"message": message, "ok": code < 400})
+        return HttpResponse(html, status=code)
+    return JsonResponse({"detail": message, **data}, status=code)
+
+
+def _requested_count(request: HttpRequest) -> int:
+    if request.content_type == "application/json":
+        payload = json.loads(request.body or b"{}")
+        raw = payload.get("count") if isinstance(payload, dict) else None
+    else:
+        raw = request.POST.get("count")
+    if isinstance(raw, str) and raw.strip().isdigit():
+        raw = int(raw.strip())
+    if type(raw) is not int or not 1 <= raw <= SIMULATE_MAX:
+        raise ValueError(f"count must be an integer from 1 to {SIMULATE_MAX}")
+    return raw
+
+
+async def simulate(request: HttpRequest) -> HttpResponse:
+    """POST {count}: generate a burst server-side through the API's batcher; 202 once queued."""
+    if request.method != "POST":
+        response = JsonResponse({"detail": "use POST"}, status=405)
+        response["Allow"] = "POST"
+        return response
+    try:
+        count = _requested_count(request)
+    except ValueError as exc:
+        return _answer(request, 422, str(exc))
+    try:
+        await burst_simulate(count=count)
+    except Overloaded:
+        return _answer(request, 503, "the queue is over its backlog limit; try again shortly")
+    except (RedisError, OSError) as exc:
+        return _answer(request, 503, f"queue unavailable: {type(exc).__name__}")
+    return _answer(request, 202, f"Queued {count:,} simulated messages.", accepted=count, status="queued")
+
+
+async def reset(request: HttpRequest) -> HttpResponse:
+    """DELETE: empty the messages and dead letters and zero the counters (staff only)."""
+    if request.method != "DELETE":
+        response = JsonResponse({"detail": "use DELETE"}, status=405)
+        response["Allow"] = "DELETE"
+        return response
+    user = await request.auser()
+    if not (user.is_active and user.is_staff):
+        return _answer(request, 403, "only staff may reset the pipeline")
+    try:
+        await sync_to_async(messages_reset)()
+    except (RedisError, OSError) as exc:
+        return _answer(request, 503, f"reset incomplete, Redis unavailable: {type(exc).__name__}")
+    return _answer(request, 200, "Reset done: messages, dead letters and counters cleared.", status="reset")
