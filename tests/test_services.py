@@ -137,7 +137,7 @@ def test_batch_enqueue_puts_one_json_job_with_a_retry_policy(redis_client: redis
     assert job.timeout is not None and job.timeout <= 60
     # Stored as (zlib-compressed) JSON, never pickle: any language can read the queue.
     raw = redis_client.hget(f"rq:job:{job.id}", "data")
-    assert raw is not None
+    assert isinstance(raw, bytes)
     function, _instance, args, _kwargs = json.loads(zlib.decompress(raw))
     assert function == "messages_app.jobs.persist_batch"
     assert args == [batch]
@@ -158,9 +158,8 @@ def test_a_job_run_by_a_worker_persists_its_batch_and_updates_the_metrics(
     assert int(redis_client.get(metrics.TOTAL_MESSAGES) or 0) == 50
     assert int(redis_client.get(metrics.TOTAL_BATCHES) or 0) == 2
     assert int(redis_client.get(metrics.QUEUE_LENGTH) or 0) == 0
-    histogram = {
-        key.decode(): float(value) for key, value in redis_client.hgetall(metrics.LATENCY_HISTOGRAM).items()
-    }
+    raw_histogram: dict[bytes, bytes] = redis_client.hgetall(metrics.LATENCY_HISTOGRAM)  # type: ignore[assignment]
+    histogram = {key.decode(): float(value) for key, value in raw_histogram.items()}
     assert histogram["count"] == 50
     assert histogram["sum"] > 0
     assert sum(value for key, value in histogram.items() if key.startswith("b")) == 50
