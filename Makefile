@@ -35,7 +35,7 @@ test: lint
 	$(PY) -m ingestor_site.stack exec -- $(PY) -m pytest $(PYTEST_ARGS)
 
 bench-ingest: install
-	$(PY) -m ingestor_site.stack exec -- $(PY) scripts/bench_ingest.py
+	$(PY) scripts/bench_ingest.py
 
 clean:
 	rm -rf $(VENV) .data staticfiles .pytest_cache .mypy_cache .ruff_cache test-output

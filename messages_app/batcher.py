@@ -69,8 +69,9 @@ class Batcher:
             self._flush()
         elif self._timer is None:
             self._timer = loop.call_later(self._linger_s, self._flush)
-        # A client that hangs up cancels its own wait, not the batch its rows already joined.
-        self.backlog = await asyncio.shield(waiter)
+        # A client that hangs up cancels only this waiter (done, so the flush skips it), never
+        # the flush task its rows already joined.
+        self.backlog = await waiter
 
     def _flush(self) -> None:
         if self._timer is not None:

@@ -15,7 +15,7 @@ from messages_app.services import ingest_queue, redis_connection
 from metrics_app import metrics
 
 
-async def messages_latest(*, limit: int, channel_id: int | None, user_id: int | None) -> list[dict[str, Any]]:
+def messages_latest(*, limit: int, channel_id: int | None, user_id: int | None) -> list[dict[str, Any]]:
     """The latest persisted messages, newest first, optionally for one channel and/or user."""
     # A batch's rows share one receipt time; their UUIDv7 ids keep them newest first (an incremental
     # sort on top of the created_at indexes).
@@ -25,7 +25,12 @@ async def messages_latest(*, limit: int, channel_id: int | None, user_id: int | 
     if user_id is not None:
         rows = rows.filter(user_id=user_id)
     fields = ("id", "user_id", "channel_id", "content", "created_at", "inserted_at")
-    return [{**row, "id": str(row["id"])} async for row in rows.values(*fields)[:limit]]
+    try:
+        return [{**row, "id": str(row["id"])} for row in rows.values(*fields)[:limit]]
+    finally:
+        # The API handler skips Django's per-request connection clean-up (ingestor_site/handlers.py):
+        # hand the connection back to the pool here.
+        connection.close()
 
 
 def backlog_messages() -> int:

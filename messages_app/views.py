@@ -166,7 +166,9 @@ async def messages_list(request: HttpRequest) -> HttpResponse:
         user_id = _positive_int_param(request, "user_id", None, 2**63 - 1)
     except ValueError as exc:
         return _error(422, str(exc))
-    rows = await selectors.messages_latest(limit=limit, channel_id=channel_id, user_id=user_id)
+    rows = await sync_to_async(selectors.messages_latest, thread_sensitive=False)(
+        limit=limit, channel_id=channel_id, user_id=user_id
+    )
     return JsonResponse({"messages": rows, "count": len(rows)})
 
 
