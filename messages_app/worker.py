@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
-from rq import SimpleWorker
-from rq.job import Job
+from rq import Queue, SimpleWorker
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.utils import as_text, current_timestamp
 
 # A worker killed mid-batch leaves its job in the started registry until its heartbeat lapses;
 # rq's defaults (job timeout + 60 s, registries cleaned every 10 minutes) would hold those
-# acknowledged messages for minutes. These bound the recovery to well under a minute.
+# acknowledged messages for minutes. These bound the recovery to well under a minute: the entry
+# lapses job timeout + HEARTBEAT_MARGIN_S after the batch started, and an idle worker looks every
+# MAINTENANCE_INTERVAL_S (IngestWorker.dequeue_timeout) and puts it straight back on the queue.
 MAINTENANCE_INTERVAL_S = 5
 HEARTBEAT_MARGIN_S = 5
 WORKER_TTL_S = 30
@@ -52,3 +56,56 @@ class IngestWorker(SimpleWorker):
         # SimpleWorker sends no heartbeat while a job runs: the TTL must cover the whole job.
         timeout = job.timeout if job.timeout and job.timeout > 0 else 60
         return int(timeout) + HEARTBEAT_MARGIN_S
+
+    @property
+    def dequeue_timeout(self) -> int:
+        # rq runs maintenance only between two blocking dequeues, which last worker_ttl - 15 s:
+        # an idle worker would look for abandoned jobs that much less often than intended.
+        return MAINTENANCE_INTERVAL_S
+
+    def clean_registries(self) -> None:
+        for queue in self.queues:
+            self._abandoned_requeue(queue)
+        super().clean_registries()
+
+    def _abandoned_requeue(self, queue: Queue) -> None:
+        """Put the jobs of dead workers back at the front of the queue, at once.
+
+        rq's own clean-up retries an abandoned job through the scheduler after the Retry interval,
+        but a worker killed with kill -9 takes its scheduler child along, whose lock then blocks
+        every other worker's scheduler for 60 s more: acknowledged messages would wait over a
+        minute. An abandoned batch did not fail; it runs again now, spending one retry, so a
+        batch that keeps killing its worker still ends in the failed registry.
+        """
+        registry = queue.started_job_registry
+        connection = queue.connection
+        # Without scores asked, the members come back as plain bytes.
+        entries = cast("list[bytes]", connection.zrangebyscore(registry.key, 0, current_timestamp()))
+        for entry in entries:
+            job = queue.fetch_job(registry.parse_job_id(entry))
+            if job is None or job.get_status() != JobStatus.STARTED or not job.retries_left:
+                continue  # finished meanwhile, or out of retries: rq's clean-up handles it
+            # Removing the entry is the claim: of several workers cleaning up, one requeues it.
+            if not connection.zrem(registry.key, entry):
+                continue
+            job.retries_left -= 1
+            try:
+                with connection.pipeline() as pipe:
+                    queue.enqueue_job(job, pipeline=pipe, at_front=True)
+                    # Forget the dead execution too: its hash expires a minute before the job's
+                    # execution-registry entry, and rq would fail the rerun's success bookkeeping
+                    # on the missing hash (then run the batch a third time).
+                    execution = Execution.from_composite_key(as_text(entry), connection=connection)
+                    execution.delete(job=job, pipeline=pipe)
+                    pipe.execute()
+            except Exception:
+                # Give the claim back, so the next clean-up (ours or rq's) sees the job again.
+                connection.zadd(registry.key, {entry: 0})
+                self.log.exception("Worker %s: could not requeue abandoned job %s", self.name, job.id)
+                continue
+            self.log.warning(
+                "Worker %s: job %s was abandoned by a dead worker; requeued, %d retries left",
+                self.name,
+                job.id,
+                job.retries_left,
+            )
