@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -148,15 +148,30 @@ REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_SOCKET_TIMEOUT = 2.0
 REDIS_CONNECT_TIMEOUT = 0.5
 
+
+def redis_url_with_options(url: str, **options: float) -> str:
+    """`url` with redis-py connection options in its query string, unless the URL sets them.
+
+    django-rq ignores CONNECTION_KWARGS for a queue configured by URL, so the timeouts go here;
+    without them a frozen or unreachable Redis held POST /messages for redis-py's default 5 s.
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    for name, value in options.items():
+        query.setdefault(name, str(value))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
 RQ_QUEUES = {
     "ingest": {
-        "URL": REDIS_URL,
+        "URL": redis_url_with_options(
+            REDIS_URL,
+            socket_timeout=REDIS_SOCKET_TIMEOUT,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+            health_check_interval=30,
+        ),
         "DEFAULT_TIMEOUT": 60,
         "SERIALIZER": "rq.serializers.JSONSerializer",
-        "CONNECTION_KWARGS": {
-            "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
-            "health_check_interval": 30,
-        },
     },
 }
 RQ_SHOW_ADMIN_LINK = True
