@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from messages_app.models import BIGINT_MAX, CONTENT_MAX_CHARS
+from metrics_app.services import SIMULATE_MAX
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -27,7 +28,7 @@ OPENAPI_SCHEMA: dict[str, Any] = {
     "info": {
         "title": "ingestor",
         "version": "0.1.0",
-        "description": "Accepts chat messages buffers them in Redis, stores them in PostgreSQL.",
+        "description": "Accepts chat messages, buffers them in Redis, stores them in PostgreSQL.",
     },
     "paths": {
         "/messages": {
@@ -125,7 +126,60 @@ OPENAPI_SCHEMA: dict[str, Any] = {
         "/stats": {
             "get": {
                 "summary": "Pipeline metrics as JSON (the dashboard's numbers)",
-                "responses": {"200": _json({"type": "object"}, "Metrics snapshot")},
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Stats"}, "Metrics snapshot"),
+                    "503": _ERRORS["503"],
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Pipeline metrics in Prometheus text format",
+                "responses": {
+                    "200": {
+                        "description": "Counters, gauges and the latency histogram",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "503": _ERRORS["503"],
+                },
+            }
+        },
+        "/simulate": {
+            "post": {
+                "summary": "Generate a burst of messages server-side (the dashboard's button)",
+                "description": "Runs behind Django's session and CSRF middleware, like the dashboard.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        media_type: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["count"],
+                                "properties": {
+                                    "count": {"type": "integer", "minimum": 1, "maximum": SIMULATE_MAX}
+                                },
+                            }
+                        }
+                        for media_type in ("application/json", "application/x-www-form-urlencoded")
+                    },
+                },
+                "responses": {
+                    "202": _json({"$ref": "#/components/schemas/Accepted"}, "The burst is in Redis"),
+                    "403": {"description": "CSRF check failed"},
+                    "422": _ERRORS["422"],
+                    "503": _ERRORS["503"],
+                },
+            }
+        },
+        "/reset": {
+            "delete": {
+                "summary": "Delete every message and dead letter and zero the counters (staff only)",
+                "description": "Needs a staff session and a CSRF token; queued jobs still land.",
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Accepted"}, "Reset done"),
+                    "403": _json(_ERROR, "Not a staff user, or the CSRF check failed"),
+                    "503": _ERRORS["503"],
+                },
             }
         },
         "/openapi.json": {
@@ -209,6 +263,54 @@ OPENAPI_SCHEMA: dict[str, Any] = {
                     "workers": {"type": "integer"},
                     "dead_letters": {"type": "integer"},
                     "last_batch": {"type": "object", "nullable": True},
+                },
+            },
+            "Stats": {
+                "type": "object",
+                "required": [
+                    "total_messages",
+                    "total_batches",
+                    "queue_length",
+                    "total_accepted",
+                    "total_dead_letters",
+                    "current_rps",
+                    "avg_latency_ms",
+                    "p50_latency_ms",
+                    "p95_latency_ms",
+                    "p99_latency_ms",
+                    "timestamp",
+                ],
+                "properties": {
+                    **{
+                        name: {"type": "integer", "minimum": 0}
+                        for name in (
+                            "total_messages",
+                            "total_batches",
+                            "queue_length",
+                            "total_accepted",
+                            "total_dead_letters",
+                        )
+                    },
+                    **{
+                        name: {"type": "number", "minimum": 0}
+                        for name in (
+                            "current_rps",
+                            "avg_latency_ms",
+                            "p50_latency_ms",
+                            "p95_latency_ms",
+                            "p99_latency_ms",
+                        )
+                    },
+                    "timestamp": {"type": "number", "description": "Unix time of the snapshot"},
+                },
+            },  # fmt: skip
+            "Accepted": {
+                "type": "object",
+                "required": ["detail", "status"],
+                "properties": {
+                    "detail": {"type": "string"},
+                    "status": {"type": "string"},
+                    "accepted": {"type": "integer"},
                 },
             },
             "Error": {
