@@ -27,7 +27,9 @@ BatchRow = list[Any]
 
 # PostgreSQL down: retry with backoff for about 25 minutes before giving a job up to the failed
 # registry (from which `rq requeue` brings it back); a worker killed mid-batch uses one retry too.
-PERSIST_RETRY = Retry(max=30, interval=[1, 2, 4, 8, 15, 30, 60])
+# rq picks interval[len(interval) - retries_left]: a shorter list than `max` repeats its FIRST
+# value (here 23 retries 1 s apart, ~2.4 minutes in all), so the list spells out every retry.
+PERSIST_RETRY = Retry(max=30, interval=[1, 2, 4, 8, 15, 30, *[60] * 24])
 
 
 @functools.cache
