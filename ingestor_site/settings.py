@@ -190,7 +190,7 @@ CHANNEL_LAYERS = {
 }
 
 # The ingest pipeline.
-BATCH_SIZE = env_int("BATCH_SIZE", 500, minimum=1, maximum=10_000)
+BATCH_SIZE = env_int("BATCH_SIZE", 1000, minimum=1, maximum=10_000)
 BATCH_LINGER_MS = env_int("BATCH_LINGER_MS", 5, minimum=0, maximum=10_000)
 INGEST_MAX_BACKLOG = env_int("INGEST_MAX_BACKLOG", 1_000_000, minimum=1)
 INGEST_API_KEYS = frozenset(env_list("INGEST_API_KEYS", ""))

@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 # How stale the backlog figure may be while the API is refusing work for a full queue.
 _BACKLOG_REFRESH_S = 0.25
+# Longest linger the batcher stretches to under backlog, and the backlog (in batches) that reaches it.
+MAX_LINGER_S = 0.05
+BACKLOG_FOR_MAX_LINGER = 4
 # API answers are counted in-process and written to Redis at most this often.
 _COUNTERS_FLUSH_S = 1.0
 
@@ -68,10 +71,22 @@ class Batcher:
         if len(self._rows) >= self._size:
             self._flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self._linger_s, self._flush)
+            self._timer = loop.call_later(self._linger_for_backlog(), self._flush)
         # A client that hangs up cancels only this waiter (done, so the flush skips it), never
         # the flush task its rows already joined.
         self.backlog = await waiter
+
+    def _linger_for_backlog(self) -> float:
+        """BATCH_LINGER_MS while workers keep up; longer, up to MAX_LINGER_S, as the backlog grows.
+
+        A worker's cost is mostly per job (rq's bookkeeping is ~3 ms of CPU a job here), so when it
+        falls behind, bigger jobs are what lets it catch up; waiting a little longer to fill them
+        also slows the intake of a closed-loop client, the backpressure a backlog calls for.
+        """
+        if self.backlog <= self._size:
+            return self._linger_s
+        pressure = min(self.backlog / (BACKLOG_FOR_MAX_LINGER * self._size), 1.0)
+        return max(self._linger_s, self._linger_s + pressure * (MAX_LINGER_S - self._linger_s))
 
     def _flush(self) -> None:
         if self._timer is not None:

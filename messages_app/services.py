@@ -100,7 +100,7 @@ def _insert_sql() -> str:
         f"INSERT INTO {table} ({column['id']}, {column['user_id']}, {column['channel_id']}, "  # noqa: S608
         f"{column['content']}, {column['created_at']}, {column['inserted_at']}) "
         "SELECT u.id, u.user_id, u.channel_id, u.content, to_timestamp(u.received), %s "
-        "FROM unnest(%s::uuid[], %s::bigint[], %s::bigint[], %s::text[], %s::float8[]) "
+        "FROM unnest(%b::uuid[], %b::bigint[], %b::bigint[], %b::text[], %b::float8[]) "
         "AS u(id, user_id, channel_id, content, received) "
         f"ON CONFLICT ({column['id']}) DO NOTHING"
     )
