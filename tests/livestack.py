@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -70,13 +71,18 @@ class LiveStack:
         except httpx.HTTPError:
             return False
 
-    def worker_start(self) -> subprocess.Popen[bytes]:
+    def worker_start(self, *extra_args: str) -> subprocess.Popen[bytes]:
         index = len(self.workers) + 1
         worker = self._spawn(
-            f"worker-{index}", [sys.executable, MANAGE, "rqworker", "ingest", "--name", f"test-worker-{index}-{self.port}"]
+            f"worker-{index}",
+            [sys.executable, MANAGE, "rqworker", "ingest", "--name", self.worker_name(index), *extra_args],
         )
         self.workers.append(worker)
         return worker
+
+    def worker_name(self, index: int) -> str:
+        """The rq name of the `index`-th worker started (1-based)."""
+        return f"test-worker-{index}-{self.port}"
 
     def log(self, name: str) -> str:
         for handle in self._logs:
@@ -106,9 +112,7 @@ class LiveStack:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             # rq's scheduler runs in a child of the worker; make sure nothing of the group survives.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for handle in self._logs:
             handle.close()
