@@ -18,6 +18,7 @@ the page feeds the points to Chart.js and lets htmx swap the `html` (out-of-band
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -243,6 +244,14 @@ class StatsBroadcaster:
     def unsubscribe(self) -> None:
         """Count a socket out; the task stops at its next tick once no socket is left."""
         self.subscribers = max(self.subscribers - 1, 0)
+
+    async def stop(self) -> None:
+        """Stop the task now instead of at its next tick (event loop shutdown, tests)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def snapshot_frame(self) -> str:
         assert self.state is not None
