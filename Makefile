@@ -37,5 +37,9 @@ test: lint
 bench-ingest: install
 	$(PY) scripts/bench_ingest.py
 
+# Regenerates BENCHMARKS.md (own embedded PostgreSQL/Redis, the load generator and wrk; ~10 min).
+bench: install
+	$(PY) scripts/bench.py
+
 clean:
 	rm -rf $(VENV) .data staticfiles .pytest_cache .mypy_cache .ruff_cache test-output
