@@ -50,7 +50,7 @@ async def test_a_submit_larger_than_batch_size_stays_one_job(redis_client: redis
 
 
 async def test_flushes_a_partial_batch_after_the_linger(redis_client: redis_lib.Redis) -> None:
-    batcher = _batcher(size=500, linger_s=0.2)
+    batcher = _batcher(size=500, linger_s=1.0)
     rows = _rows(2)
     submit = asyncio.create_task(batcher.submit(rows))
     await asyncio.sleep(0)
@@ -61,7 +61,7 @@ async def test_flushes_a_partial_batch_after_the_linger(redis_client: redis_lib.
 
 
 async def test_many_concurrent_submits_share_one_job(redis_client: redis_lib.Redis) -> None:
-    batcher = _batcher(size=500, linger_s=0.5)
+    batcher = _batcher(size=500, linger_s=1.0)
     submits = [batcher.submit(_rows(1, channel_id=index + 1)) for index in range(200)]
     await asyncio.wait_for(asyncio.gather(*submits), timeout=WAIT_S)
     jobs = _jobs()
@@ -122,7 +122,7 @@ async def test_a_redis_error_reaches_every_waiter_of_the_batch(monkeypatch: pyte
 
 
 async def test_a_cancelled_waiter_does_not_cancel_its_batch(redis_client: redis_lib.Redis) -> None:
-    batcher = _batcher(size=500, linger_s=0.2)
+    batcher = _batcher(size=500, linger_s=1.0)
     hung_up_rows, staying_rows = _rows(1), _rows(1)
     hung_up = asyncio.create_task(batcher.submit(hung_up_rows))
     staying = asyncio.create_task(batcher.submit(staying_rows))
