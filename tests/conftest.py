@@ -8,6 +8,7 @@ from urllib.parse import quote
 import pytest
 import redis as redis_lib
 from django.conf import settings
+from django.core.management import call_command
 from django.db import connection
 
 from tests.livestack import LiveStack
@@ -53,3 +54,10 @@ def live_stack(transactional_db: None, redis_client: redis_lib.Redis, output_dir
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="session")
+def collected_static() -> None:
+    """Static files collected as `make run` does: pages resolve {% static %} through the manifest,
+    and WhiteNoise serves the collected files (in-process and in live_stack's server)."""
+    call_command("collectstatic", "--noinput", verbosity=0)
