@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -117,7 +118,7 @@ def messages_persist(*, batch: list[BatchRow], job_id: str = "") -> PersistResul
     try:
         with transaction.atomic():
             return PersistResult(inserted=_rows_insert(batch, committed_at), dead=0)
-    except (DataError, IntegrityError, ValueError) as exc:
+    except (DataError, IntegrityError, ValueError, TypeError) as exc:
         if len(batch) == 1:
             _dead_letter_store(batch[0], exc, job_id)
             return PersistResult(inserted=0, dead=1)
@@ -129,21 +130,27 @@ def messages_persist(*, batch: list[BatchRow], job_id: str = "") -> PersistResul
 
 
 def _dead_letter_store(row: BatchRow, exc: Exception, job_id: str) -> None:
-    logger.error("Message %s cannot be stored, kept as a dead letter: %s", row[0], exc)
-    payload = {
-        "id": row[0],
-        "user_id": row[1],
-        "channel_id": row[2],
-        "content": row[3],
-        "received_at": row[4],
-    }
-    # JSON (and so jsonb) cannot hold every string PostgreSQL's text refuses either: keep a repr.
-    payload["content"] = repr(row[3]) if "\x00" in str(row[3]) else row[3]
+    # A job not made by the API (corrupt, or enqueued by hand) may hold a row of any shape: keep
+    # whatever it holds rather than fail the whole job on it again at every retry.
+    fields = ("id", "user_id", "channel_id", "content", "received_at")
+    payload: dict[str, Any] = dict(zip(fields, row, strict=False)) if isinstance(row, list) else {"row": row}
     try:
-        DeadLetter.objects.create(message_id=row[0], payload=payload, error=str(exc)[:2000], job_id=job_id)
-    except (DataError, ValueError):
+        message_id = uuid.UUID(str(payload.get("id")))
+    except ValueError:
+        message_id = uuid.UUID(int=0)
+    logger.error("Message %s cannot be stored, kept as a dead letter: %s", payload.get("id"), exc)
+    # JSON (and so jsonb) cannot hold every string PostgreSQL's text refuses either: keep a repr.
+    if "\x00" in str(payload.get("content")):
+        payload["content"] = repr(payload["content"])
+    try:
+        DeadLetter.objects.create(
+            message_id=message_id, payload=payload, error=str(exc)[:2000], job_id=job_id
+        )
+    except (DataError, ValueError, TypeError):
         payload = {key: repr(value) for key, value in payload.items()}
-        DeadLetter.objects.create(message_id=row[0], payload=payload, error=str(exc)[:2000], job_id=job_id)
+        DeadLetter.objects.create(
+            message_id=message_id, payload=payload, error=str(exc)[:2000], job_id=job_id
+        )
 
 
 def messages_reset() -> None:

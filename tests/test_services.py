@@ -111,6 +111,27 @@ def test_a_bad_row_goes_to_dead_letters_and_the_rest_of_its_batch_lands(bad_row:
     assert letter.payload["id"] in (bad_row[0], repr(bad_row[0]))
 
 
+@pytest.mark.parametrize(
+    "corrupt_row",
+    [
+        ["not-a-uuid", 1, 1, "x", 0.0],
+        ["only", "four", "fields", "x"],
+        [None, 1, 1, "x", 0.0, "extra"],
+        None,
+        42,
+    ],
+    ids=["bad-uuid", "short", "long", "null", "number"],
+)
+def test_a_corrupt_row_from_outside_the_api_is_kept_aside_too(corrupt_row: Any) -> None:
+    good = _rows(4)
+    result = messages_persist(batch=[*good[:2], corrupt_row, *good[2:]], job_id="hand-made")
+    assert (result.inserted, result.dead) == (4, 1)
+    assert _stored_ids() == {row[0] for row in good}
+    letter = DeadLetter.objects.get()
+    assert letter.job_id == "hand-made"
+    assert letter.message_id == uuid.UUID(int=0)  # no usable id: the nil UUID stands in
+
+
 def test_several_bad_rows_are_each_isolated() -> None:
     good = _rows(20)
     bad = [[str(uuid.uuid4()), 1, 1, f"bad\x00{index}", time.time()] for index in range(3)]
