@@ -69,7 +69,8 @@ def database_from_url(url: str) -> dict[str, object]:
             "pool": {
                 "min_size": 1,
                 "max_size": env_int("DATABASE_POOL_SIZE", 8, minimum=1),
-                "timeout": 10,
+                # Seconds a query waits for a connection before failing (a 503 in the API).
+                "timeout": env_int("DATABASE_POOL_TIMEOUT", 10, minimum=1),
             },
             "connect_timeout": 5,
         },
@@ -140,8 +141,10 @@ DATABASES = {"default": database_from_url(DATABASE_URL)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
-# Short timeouts: with Redis gone the API must answer 503 within a second, not hang.
-REDIS_SOCKET_TIMEOUT = 2.0
+# Short timeouts: with Redis gone the API must answer 503 within a second, not hang. A stopped
+# Redis refuses at once; a frozen one is given up on after the socket timeout. (rq's worker
+# raises its own connection's timeout above its blocking dequeue, so this limits the API only.)
+REDIS_SOCKET_TIMEOUT = 1.0
 REDIS_CONNECT_TIMEOUT = 0.5
 
 
