@@ -70,6 +70,7 @@ OPENAPI_SCHEMA: dict[str, Any] = {
                         "Messages",
                     ),
                     "422": _ERRORS["422"],
+                    "503": _json(_ERROR, "PostgreSQL unreachable; see Retry-After"),
                 },
             },
         },

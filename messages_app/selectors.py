@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import psycopg
 from django.db import DatabaseError, connection
 from redis.exceptions import RedisError
 from rq import Worker
@@ -46,13 +47,28 @@ def health_report() -> dict[str, Any]:
         report.update(status="unhealthy", redis="disconnected", redis_error=type(exc).__name__)
         report["queue_length"] = None
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-    except DatabaseError as exc:
+        _database_ping()
+    except (DatabaseError, psycopg.Error) as exc:
         report.update(status="unhealthy", database="disconnected", database_error=type(exc).__name__)
     finally:
         connection.close()
     return report
+
+
+# A health check must answer before its caller (a load balancer, `make run`) gives up: with
+# PostgreSQL down, the pool's own wait for a connection (10 s, sized for real work) is far too long.
+HEALTH_DATABASE_TIMEOUT_S = 2.0
+
+
+def _database_ping() -> None:
+    pool = getattr(connection, "pool", None)
+    if pool is None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return
+    pool.open()
+    with pool.connection(timeout=HEALTH_DATABASE_TIMEOUT_S) as conn:
+        conn.execute("SELECT 1")
 
 
 def queue_report() -> dict[str, Any]:

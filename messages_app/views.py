@@ -15,6 +15,7 @@ import uuid6
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
@@ -166,9 +167,12 @@ async def messages_list(request: HttpRequest) -> HttpResponse:
         user_id = _positive_int_param(request, "user_id", None, 2**63 - 1)
     except ValueError as exc:
         return _error(422, str(exc))
-    rows = await sync_to_async(selectors.messages_latest, thread_sensitive=False)(
-        limit=limit, channel_id=channel_id, user_id=user_id
-    )
+    try:
+        rows = await sync_to_async(selectors.messages_latest, thread_sensitive=False)(
+            limit=limit, channel_id=channel_id, user_id=user_id
+        )
+    except DatabaseError as exc:
+        return _error(503, f"database unavailable: {type(exc).__name__}", database="disconnected")
     return JsonResponse({"messages": rows, "count": len(rows)})
 
 

@@ -27,6 +27,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from ingestor_site.asgi import application
+from ingestor_site.embedded import free_port
 from messages_app.models import Message
 from messages_app.services import ingest_queue
 from tests.conftest import subprocess_database_url
@@ -544,3 +545,31 @@ def test_real_server_takes_api_keys_from_the_environment(
         )
         assert client.get("/health/live").status_code == 200
     assert len(_queued_rows()) == 1
+
+
+@pytest.mark.integration
+def test_real_server_answers_503_when_postgresql_is_unreachable(
+    django_db_setup: None, redis_client: redis_lib.Redis, output_dir: Path
+) -> None:
+    stack = LiveStack(
+        database_url=f"postgres://postgres@127.0.0.1:{free_port()}/nothing-listens",
+        redis_url=settings.REDIS_URL,
+        log_dir=output_dir,
+        DATABASE_POOL_TIMEOUT="1",
+    )
+    try:
+        stack.web_start()
+        with httpx.Client(base_url=stack.url, timeout=30) as client:
+            health = client.get("/health")
+            assert health.status_code == 503
+            assert health.headers["Retry-After"].isdigit()
+            assert health.json()["database"] == "disconnected"
+            assert health.json()["redis"] == "connected"
+            listed = client.get("/messages")
+            assert listed.status_code == 503, listed.text
+            assert listed.headers["Retry-After"].isdigit()
+            assert listed.json()["database"] == "disconnected"
+            # Ingest does not need PostgreSQL: messages wait in Redis for it.
+            assert client.post("/messages", json=_message()).status_code == 201
+    finally:
+        stack.stop()

@@ -92,12 +92,14 @@ def test_database_from_url_fills_in_defaults() -> None:
 
 def test_database_from_url_uses_a_bounded_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_POOL_SIZE", "3")
+    monkeypatch.setenv("DATABASE_POOL_TIMEOUT", "4")
     config = database_from_url("postgres://u@h/db")
     # Django refuses persistent connections together with its pool.
     assert config["CONN_MAX_AGE"] == 0
     options = config["OPTIONS"]
     assert isinstance(options, dict)
     assert options["pool"]["max_size"] == 3
+    assert options["pool"]["timeout"] == 4
     monkeypatch.setenv("DATABASE_POOL_SIZE", "0")
     with pytest.raises(ImproperlyConfigured, match="DATABASE_POOL_SIZE"):
         database_from_url("postgres://u@h/db")
