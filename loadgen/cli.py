@@ -174,7 +174,11 @@ def load_test_run(options: Mapping[str, Any], *, stdout: TextIO, stderr: TextIO)
     def on_progress(succeeded: int, failed: int, elapsed_s: float) -> None:
         renderer.update(ProgressSnapshot(succeeded, failed, elapsed_s), now=time.monotonic())
 
-    tally = load_run(plan, on_progress=on_progress)
+    try:
+        tally = load_run(plan, on_progress=on_progress)
+    except KeyboardInterrupt:  # before the run's own handlers were in place: nothing to report
+        _say(stderr, "\ninterrupted before sending started")
+        return EXIT_INTERRUPTED
     renderer.finish(ProgressSnapshot(tally.succeeded, tally.failed, tally.elapsed_s))
 
     verify: dict[str, Any] | None = None
