@@ -179,6 +179,9 @@ def load_test_run(options: Mapping[str, Any], *, stdout: TextIO, stderr: TextIO)
     except KeyboardInterrupt:  # before the run's own handlers were in place: nothing to report
         _say(stderr, "\ninterrupted before sending started")
         return EXIT_INTERRUPTED
+    except RuntimeError as exc:  # a sending process died: its share of the results is gone
+        _say(stderr, f"error: {exc}")
+        return EXIT_UNREACHABLE
     renderer.finish(ProgressSnapshot(tally.succeeded, tally.failed, tally.elapsed_s))
 
     verify: dict[str, Any] | None = None
