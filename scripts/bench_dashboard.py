@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""How much Redis work do open dashboards cost? `python scripts/bench_dashboard.py`
+
+Starts its own embedded PostgreSQL and Redis (never touches DATABASE_URL / REDIS_URL) and the web
+server as `make run` does, then opens 0, 1 and 50 dashboard sockets (WS /ws/stats) in turn and
+counts, over a window, the commands Redis processed (INFO commandstats) and the frames each
+socket received. With --traffic a worker runs and a client posts a batch of 100 messages every
+half second, so batch_persisted events and table refreshes are part of the cost too.
+
+    python scripts/bench_dashboard.py [--sockets 0,1,50] [--seconds 10] [--web-processes 1] [--traffic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+
+import aiohttp  # noqa: E402
+import httpx  # noqa: E402
+import redis  # noqa: E402
+
+from ingestor_site.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
+
+
+def commandstats(client: redis.Redis) -> Counter[str]:
+    stats = client.info("commandstats")
+    return Counter({name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()})
+
+
+async def sockets_measure(url: str, count: int, seconds: float, client: redis.Redis) -> dict[str, Any]:
+    """Open `count` sockets, let them settle, then count Redis commands and frames over `seconds`."""
+    frames = [0] * count
+    window = asyncio.Event()
+    ws_url = url.replace("http://", "ws://") + "/ws/stats"
+    async with aiohttp.ClientSession() as session:
+
+        async def reader(index: int) -> None:
+            async with session.ws_connect(ws_url, origin=url) as socket:
+                async for _message in socket:
+                    if window.is_set():
+                        frames[index] += 1
+
+        readers = [asyncio.create_task(reader(i)) for i in range(count)]
+        await asyncio.sleep(2.0)  # connect, snapshots, broadcaster's first read
+        before = commandstats(client)
+        started = time.monotonic()
+        window.set()
+        await asyncio.sleep(seconds)
+        window.clear()
+        elapsed = time.monotonic() - started
+        after = commandstats(client)
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+    # INFO itself is one command per sample; leave ours out.
+    delta = after - before
+    delta["info"] = max(delta["info"] - 1, 0)
+    return {
+        "sockets": count,
+        "commands_per_s": sum(delta.values()) / elapsed,
+        "top": delta.most_common(6),
+        "frames_per_socket_s": (sum(frames) / count / elapsed) if count else 0.0,
+    }
+
+
+async def traffic(url: str, stop: asyncio.Event) -> None:
+    batch = {"messages": [{"user_id": 1 + i, "channel_id": 1, "content": f"bench {i}"} for i in range(100)]}
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        while not stop.is_set():
+            await client.post("/messages/batch", json=batch)
+            await asyncio.sleep(0.5)
+
+
+async def run(url: str, counts: list[int], seconds: float, client: redis.Redis, with_traffic: bool) -> None:
+    stop = asyncio.Event()
+    load = asyncio.create_task(traffic(url, stop)) if with_traffic else None
+    results = []
+    for count in counts:
+        results.append(await sockets_measure(url, count, seconds, client))
+        print(f"  {count:>3} sockets: {results[-1]['commands_per_s']:8.1f} Redis commands/s", flush=True)
+    stop.set()
+    if load is not None:
+        await load
+    print()
+    print("| sockets | Redis commands/s | frames/s per socket | most frequent commands in the window |")
+    print("|---:|---:|---:|---|")
+    for result in results:
+        top = ", ".join(f"{name} {calls}" for name, calls in result["top"])
+        print(
+            f"| {result['sockets']} | {result['commands_per_s']:,.1f} | {result['frames_per_socket_s']:.2f} | {top} |"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sockets", default="0,1,50", help="socket counts to measure, comma-separated")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measuring window per socket count")
+    parser.add_argument("--web-processes", type=int, default=1, help="web server processes")
+    parser.add_argument("--traffic", action="store_true", help="run a worker and post 200 messages/s")
+    args = parser.parse_args()
+    counts = [int(item) for item in args.sockets.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
+        postgres = EmbeddedPostgres(Path(tmp) / "postgres").start()
+        valkey = EmbeddedRedis(Path(tmp) / "redis", persistent=False).start()
+        port = free_port()
+        env = {**os.environ, "DATABASE_URL": postgres.url, "REDIS_URL": valkey.url, "PYTHONUNBUFFERED": "1"}
+        processes: list[subprocess.Popen[bytes]] = []
+        try:
+            for command in (["migrate", "--noinput", "-v", "0"], ["collectstatic", "--noinput", "-v", "0"]):
+                subprocess.run([sys.executable, "manage.py", *command], env=env, cwd=BASE_DIR, check=True)  # noqa: S603
+            processes.append(subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", "granian", "--interface", "asginl", "--host", "127.0.0.1",
+                 "--port", str(port), "--workers", str(args.web_processes), "--log-level", "warning",
+                 "ingestor_site.asgi:application"], env=env, cwd=BASE_DIR))  # fmt: skip
+            if args.traffic:
+                processes.append(subprocess.Popen(  # noqa: S603
+                    [sys.executable, "manage.py", "rqworker", "ingest"], env=env, cwd=BASE_DIR,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{url}/health/live", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            client = redis.Redis.from_url(valkey.url)
+            mode = "with 200 msg/s of traffic and one worker" if args.traffic else "idle pipeline"
+            print(f"{args.web_processes} web process(es), {mode}, {args.seconds:.0f} s windows:")
+            asyncio.run(run(url, counts, args.seconds, client, args.traffic))
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(timeout=30)
+            valkey.stop()
+            postgres.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
