@@ -69,8 +69,9 @@ def database_from_url(url: str) -> dict[str, object]:
             "pool": {
                 "min_size": 1,
                 "max_size": env_int("DATABASE_POOL_SIZE", 8, minimum=1),
-                # Seconds a query waits for a connection before failing (a 503 in the API).
-                "timeout": env_int("DATABASE_POOL_TIMEOUT", 10, minimum=1),
+                # Seconds a query waits for a connection before failing: with PostgreSQL down,
+                # the API answers 503 and a job goes back for retry after this, not later.
+                "timeout": env_int("DATABASE_POOL_TIMEOUT", 3, minimum=1),
             },
             "connect_timeout": 5,
         },
