@@ -117,6 +117,7 @@ def messages_recent(*, limit: int) -> list[dict[str, Any]]:
     """
     fields = ("id", "user_id", "channel_id", "content", "created_at", "inserted_at")
     try:
-        return list(Message.objects.order_by("-created_at").values(*fields)[:limit])
+        # Ids are UUIDv7: among messages received in the same instant, the later one sorts last.
+        return list(Message.objects.order_by("-created_at", "-id").values(*fields)[:limit])
     finally:
         connection.close()

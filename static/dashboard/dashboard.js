@@ -61,7 +61,7 @@
         maintainAspectRatio: false,
         interaction: { mode: "index", intersect: false },
         scales: {
-          x: { ticks: { maxTicksLimit: 6, maxRotation: 0 }, grid: { display: false } },
+          x: { ticks: { maxTicksLimit: 5, maxRotation: 0, autoSkipPadding: 16 }, grid: { display: false } },
           y: { beginAtZero: true, ticks: { maxTicksLimit: 5 }, title: { display: false, text: unit } },
         },
         plugins: {
