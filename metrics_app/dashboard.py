@@ -57,8 +57,16 @@ FIRST_READ_WAIT_S = 5.0
 TEMPLATE = "metrics_app/dashboard.html"
 
 
-async def _messages_recent() -> list[dict[str, Any]]:
-    return await sync_to_async(messages_recent, thread_sensitive=False)(limit=TABLE_ROWS)
+async def _messages_recent(*, fallback: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages table's rows; the last ones shown while PostgreSQL does not answer.
+
+    Counters and charts come from Redis and stay live through a database outage.
+    """
+    try:
+        return await sync_to_async(messages_recent, thread_sensitive=False)(limit=TABLE_ROWS)
+    except DatabaseError as exc:
+        logger.warning("Dashboard could not read the latest messages: %s", exc)
+        return fallback
 
 
 def _json(frame: dict[str, Any]) -> str:
@@ -348,7 +356,7 @@ class StatsBroadcaster:
         batches = self._batches(read)
         messages = self.state.messages if self.state is not None else []
         if previous is None or reset or new_batches > 0:
-            messages = await _messages_recent()
+            messages = await _messages_recent(fallback=messages)
         points = self._points_settle(now, stats["queue_length"], first=previous is None)
         self.state = DashboardState(stats=stats, batches=batches, messages=messages, read_at=now)
         self._ready.set()
@@ -421,5 +429,5 @@ async def dashboard_page_state(*, now: float | None = None) -> DashboardState:
     finally:
         await redis.aclose()
     stats = stats_build(counters=read.counters, workers=read.workers, seconds=read.seconds, now=now)
-    messages = await _messages_recent()
+    messages = await _messages_recent(fallback=[])
     return DashboardState(stats=stats, batches=read.recent_batches, messages=messages, read_at=now)
