@@ -45,9 +45,13 @@ def subprocess_database_url() -> str:
 
 
 @pytest.fixture
-def live_stack(transactional_db: None, redis_client: redis_lib.Redis, output_dir: Path) -> Iterator[LiveStack]:
+def live_stack(
+    transactional_db: None, redis_client: redis_lib.Redis, output_dir: Path
+) -> Iterator[LiveStack]:
     """The real web server and one real rq worker, against the test database and Redis."""
-    stack = LiveStack(database_url=subprocess_database_url(), redis_url=settings.REDIS_URL, log_dir=output_dir)
+    stack = LiveStack(
+        database_url=subprocess_database_url(), redis_url=settings.REDIS_URL, log_dir=output_dir
+    )
     try:
         stack.web_start()
         stack.worker_start()

@@ -15,7 +15,9 @@ def test_every_acknowledged_message_becomes_exactly_one_row(live_stack: LiveStac
     acknowledged: list[str] = []
     with httpx.Client(base_url=live_stack.url, timeout=10) as client:
         for index in range(40):
-            response = client.post("/messages", json={"user_id": index + 1, "channel_id": 3, "content": f"m{index}"})
+            response = client.post(
+                "/messages", json={"user_id": index + 1, "channel_id": 3, "content": f"m{index}"}
+            )
             assert response.status_code == 201, response.text
             acknowledged.append(response.json()["message_id"])
         batch = client.post(
