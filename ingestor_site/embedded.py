@@ -141,6 +141,7 @@ class EmbeddedPostgres(EmbeddedServer):
             entry = pwd.getpwnam(POSTGRES_SYSTEM_USER)
             os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
             self._system_user = POSTGRES_SYSTEM_USER
+        self._stale_server_stop()
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(  # noqa: S603
                 [str(self._bin_dir() / "initdb"), "-D", str(self.data_dir), "--auth=trust",
@@ -152,6 +153,24 @@ class EmbeddedPostgres(EmbeddedServer):
 
     def _popen_kwargs(self) -> dict[str, Any]:
         return {"user": self._system_user} if self._system_user else {}
+
+    def _stale_server_stop(self) -> None:
+        """Stop a server a crashed run left on this data folder: it would hold the lock file."""
+        import psutil
+
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            process = psutil.Process(pid)
+            if process.name() != "postgres" or str(self.data_dir) not in " ".join(process.cmdline()):
+                return
+        except (OSError, ValueError, IndexError, psutil.Error):
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except psutil.TimeoutExpired:
+            process.kill()
 
     def _command(self) -> list[str]:
         return [
