@@ -60,8 +60,9 @@ def live_stack(
         stack.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def collected_static() -> None:
     """Static files collected as `make run` does: pages resolve {% static %} through the manifest,
-    and WhiteNoise serves the collected files (in-process and in live_stack's server)."""
+    and WhiteNoise serves the collected files (in-process and in live_stack's server). Every
+    test gets it: any page (the admin's too) fails to render on a fresh clone without it."""
     call_command("collectstatic", "--noinput", verbosity=0)
