@@ -92,8 +92,8 @@ async def simulate(request: HttpRequest) -> HttpResponse:
         return response
     try:
         count = _requested_count(request)
-    except ValueError as exc:
-        return _answer(request, 422, str(exc))
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested past the parser's depth
+        return _answer(request, 422, str(exc) or "malformed JSON")
     try:
         await burst_simulate(count=count)
     except Overloaded:

@@ -133,6 +133,16 @@ def test_simulate_refuses_a_count_outside_1_to_10000(redis_client: redis_lib.Red
     assert _queued_messages() == []
 
 
+@pytest.mark.parametrize("body", ["{not json", "[" * 100_000])
+def test_simulate_refuses_malformed_or_absurdly_nested_json_with_422(
+    redis_client: redis_lib.Redis, body: str
+) -> None:
+    response = Client().post("/simulate", data=body, content_type="application/json")
+    assert response.status_code == 422
+    assert response.json()["detail"]
+    assert _queued_messages() == []
+
+
 def test_simulate_only_accepts_post_with_a_csrf_token(redis_client: redis_lib.Redis) -> None:
     assert Client().get("/simulate").status_code == 405
     assert Client(enforce_csrf_checks=True).post("/simulate", {"count": 5}).status_code == 403
