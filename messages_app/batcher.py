@@ -23,9 +23,10 @@ logger = logging.getLogger(__name__)
 
 # How stale the backlog figure may be while the API is refusing work for a full queue.
 _BACKLOG_REFRESH_S = 0.25
-# Longest linger the batcher stretches to under backlog, and the backlog (in batches) that reaches it.
+# Longest linger the batcher stretches to while workers are behind, and the number of jobs
+# waiting in the queue that takes it there.
 MAX_LINGER_S = 0.05
-BACKLOG_FOR_MAX_LINGER = 4
+JOBS_WAITING_FOR_MAX_LINGER = 8
 # API answers are counted in-process and written to Redis at most this often.
 _COUNTERS_FLUSH_S = 1.0
 
@@ -40,7 +41,7 @@ class Batcher:
     def __init__(
         self,
         *,
-        enqueue: Callable[..., int],
+        enqueue: Callable[..., services.Enqueued],
         size: int,
         linger_s: float,
         max_backlog: int,
@@ -50,10 +51,11 @@ class Batcher:
         self._linger_s = linger_s
         self._max_backlog = max_backlog
         self._rows: list[services.BatchRow] = []
-        self._waiters: list[asyncio.Future[int]] = []
+        self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
         self.backlog = 0
+        self.jobs_waiting = 0
         self._backlog_read_at = 0.0
         self._responses: dict[str, int] = {}
         self._responses_task: asyncio.Task[None] | None = None
@@ -65,27 +67,28 @@ class Batcher:
             if self.backlog >= self._max_backlog:
                 raise Overloaded
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[int] = loop.create_future()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._rows.extend(rows)
         self._waiters.append(waiter)
         if len(self._rows) >= self._size:
             self._flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self._linger_for_backlog(), self._flush)
+            self._timer = loop.call_later(self._linger(), self._flush)
         # A client that hangs up cancels only this waiter (done, so the flush skips it), never
         # the flush task its rows already joined.
-        self.backlog = await waiter
+        await waiter
 
-    def _linger_for_backlog(self) -> float:
-        """BATCH_LINGER_MS while workers keep up; longer, up to MAX_LINGER_S, as the backlog grows.
+    def _linger(self) -> float:
+        """BATCH_LINGER_MS while workers keep up; longer, up to MAX_LINGER_S, as jobs queue up.
 
-        A worker's cost is mostly per job (rq's bookkeeping is ~3 ms of CPU a job here), so when it
-        falls behind, bigger jobs are what lets it catch up; waiting a little longer to fill them
-        also slows the intake of a closed-loop client, the backpressure a backlog calls for.
+        A worker's cost is mostly per job (rq's bookkeeping is ~3 ms of CPU a job here), so a
+        trickle of requests flushed one or two at a time can outrun it at a few hundred
+        messages/s. Jobs waiting in the queue say it is behind: lingering longer makes fewer,
+        bigger jobs until it catches up, and slows the intake of closed-loop clients.
         """
-        if self.backlog <= self._size:
+        if self.jobs_waiting <= 1:
             return self._linger_s
-        pressure = min(self.backlog / (BACKLOG_FOR_MAX_LINGER * self._size), 1.0)
+        pressure = min((self.jobs_waiting - 1) / JOBS_WAITING_FOR_MAX_LINGER, 1.0)
         return max(self._linger_s, self._linger_s + pressure * (MAX_LINGER_S - self._linger_s))
 
     def _flush(self) -> None:
@@ -99,19 +102,20 @@ class Batcher:
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
 
-    async def _flush_rows(self, rows: list[services.BatchRow], waiters: list[asyncio.Future[int]]) -> None:
+    async def _flush_rows(self, rows: list[services.BatchRow], waiters: list[asyncio.Future[None]]) -> None:
         try:
-            backlog = await sync_to_async(self._enqueue, thread_sensitive=False)(batch=rows)
+            enqueued = await sync_to_async(self._enqueue, thread_sensitive=False)(batch=rows)
         except Exception as exc:
             logger.warning("Enqueueing a batch of %d failed: %s", len(rows), exc)
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(exc)
             return
+        self.backlog, self.jobs_waiting = enqueued
         self._backlog_read_at = time.monotonic()
         for waiter in waiters:
             if not waiter.done():
-                waiter.set_result(backlog)
+                waiter.set_result(None)
 
     async def _backlog_refresh(self) -> None:
         if time.monotonic() - self._backlog_read_at < _BACKLOG_REFRESH_S:

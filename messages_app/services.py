@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import django_rq
 import psycopg
@@ -43,8 +43,15 @@ def redis_connection() -> Redis:
     return ingest_queue().connection
 
 
-def batch_enqueue(*, batch: list[BatchRow]) -> int:
-    """Put one batch in Redis as one rq job, with its counters, atomically; return the new backlog.
+class Enqueued(NamedTuple):
+    """What Redis said right after a batch went in."""
+
+    backlog: int  # messages accepted and not yet persisted, this batch included
+    jobs_waiting: int  # jobs in the queue no worker has taken yet: how far behind the workers are
+
+
+def batch_enqueue(*, batch: list[BatchRow]) -> Enqueued:
+    """Put one batch in Redis as one rq job, with its counters, in one transaction.
 
     Blocking (redis-py): async callers run it in a thread, once per batch rather than per message.
     """
@@ -62,11 +69,12 @@ def batch_enqueue(*, batch: list[BatchRow]) -> int:
             retry=PERSIST_RETRY,
             pipeline=pipe,
         )
+        ours = len(pipe)  # rq's own commands come first
         pipe.incrby(metrics.QUEUE_LENGTH, len(batch))
+        pipe.llen(queue.key)
         metrics.accepted_record(pipe, count=len(batch), now=time.time())
         results = pipe.execute()
-    # The INCRBY's reply sits right after rq's own commands in the transaction.
-    return int(results[-4])
+    return Enqueued(backlog=int(results[ours]), jobs_waiting=int(results[ours + 1]))
 
 
 @dataclass(frozen=True)

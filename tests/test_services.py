@@ -150,8 +150,9 @@ def test_several_bad_rows_are_each_isolated() -> None:
 
 def test_batch_enqueue_puts_one_json_job_with_a_retry_policy(redis_client: redis_lib.Redis) -> None:
     batch = _rows(4)
-    backlog = batch_enqueue(batch=batch)
-    assert backlog == 4
+    enqueued = batch_enqueue(batch=batch)
+    assert enqueued.backlog == 4
+    assert enqueued.jobs_waiting == 1
     (job,) = services.ingest_queue().get_jobs()
     assert job.args == (batch,) or list(job.args) == [batch]
     assert job.retries_left == PERSIST_RETRY.max
