@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format check-python bench-ingest bench clean
+.PHONY: install run test lint format check-python bench clean
 
 check-python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ingestor needs Python >= 3.11; set PYTHON=python3.11 (or newer)")'
@@ -33,9 +33,6 @@ format: install
 
 test: lint
 	$(PY) -m ingestor_site.stack exec -- $(PY) -m pytest $(PYTEST_ARGS)
-
-bench-ingest: install
-	$(PY) scripts/bench_ingest.py
 
 # Regenerates BENCHMARKS.md (own embedded PostgreSQL/Redis, the load generator and wrk; ~10 min).
 bench: install
