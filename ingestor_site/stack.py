@@ -102,9 +102,10 @@ class Supervisor:
         )  # fmt: skip
 
     def worker_start(self, index: int) -> None:
-        self.workers[index] = self._spawn(
-            [PYTHON, MANAGE, "rqworker", "ingest", "--name", f"worker-{index + 1}-{os.getpid()}"]
-        )
+        # A fresh name each start: a killed worker's registration outlives it in Redis (until its
+        # TTL), and rq refuses to start a worker under a name that is still registered.
+        name = f"worker-{index + 1}-{os.getpid()}-{self.restarts[index]}"
+        self.workers[index] = self._spawn([PYTHON, MANAGE, "rqworker", "ingest", "--name", name])
 
     def start(self) -> None:
         self.web_start()

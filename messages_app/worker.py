@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
+import sys
+from multiprocessing import get_context
 from typing import Any, cast
 
 from rq import Queue, SimpleWorker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
 from rq.job import Job, JobStatus
+from rq.scheduler import RQScheduler, run
 from rq.utils import as_text, current_timestamp
+
+_ForkProcess = get_context("fork").Process
 
 # A worker killed mid-batch leaves its job in the started registry until its heartbeat lapses;
 # rq's defaults (job timeout + 60 s, registries cleaned every 10 minutes) would hold those
@@ -39,6 +48,45 @@ class _PerJobChatterFilter(logging.Filter):
         )
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _scheduler_run(scheduler: IngestScheduler, parent_pid: int) -> None:
+    """rq's scheduler loop, in a child that dies with its worker.
+
+    The child is forked from the worker and so holds copies of the worker's sockets. If it
+    outlived a worker killed with kill -9, the worker's Redis connection would stay open, and the
+    blocking dequeue pending on it would keep taking jobs for a client that is gone: they sat in
+    rq's intermediate queue until its one-minute clean-up failed them.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the worker died before the line above took effect
+        os._exit(0)
+    scheduler.parent_pid = parent_pid
+    run(scheduler)
+
+
+class IngestScheduler(RQScheduler):
+    """rq's scheduler (it re-enqueues jobs whose retry interval has passed), tied to its worker."""
+
+    parent_pid: int | None = None
+
+    def start(self) -> Any:
+        self._status = self.Status.STARTED
+        self._connection = None  # a Redis connection cannot cross the fork; the child opens its own
+        process = _ForkProcess(target=_scheduler_run, args=(self, os.getpid()), name="Scheduler")
+        self._process = cast(Any, process)
+        process.start()
+        return process
+
+    def heartbeat(self) -> None:
+        # Where there is no parent-death signal (not Linux), notice the orphaning within a second.
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            self._stop_requested = True
+        super().heartbeat()
+
+
 class IngestWorker(SimpleWorker):
     """A no-fork worker (about 4x the jobs/s of rq's forking Worker) that reclaims abandoned jobs fast.
 
@@ -51,6 +99,35 @@ class IngestWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         if not any(isinstance(existing, _PerJobChatterFilter) for existing in self.log.filters):
             self.log.addFilter(_PerJobChatterFilter())
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        # rq's own method with IngestScheduler in place of RQScheduler.
+        self.scheduler = IngestScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()
+        if not self.scheduler.acquired_locks:
+            return
+        if burst:
+            try:
+                self.scheduler.register_birth()
+                self.scheduler.enqueue_scheduled_jobs()
+            finally:
+                self.scheduler.release_locks()
+                self.scheduler.register_death()
+        else:
+            self.scheduler.start()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # SimpleWorker sends no heartbeat while a job runs: the TTL must cover the whole job.
