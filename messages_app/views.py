@@ -6,8 +6,10 @@ checks what it needs itself: method, content type, size, API key.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -176,13 +178,23 @@ async def messages_list(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"messages": rows, "count": len(rows)})
 
 
-_READ_ONLY = "GET, HEAD"
+def read_only(
+    view: Callable[[HttpRequest], Awaitable[HttpResponse]],
+) -> Callable[..., Awaitable[HttpResponse]]:
+    """Answer anything but GET and HEAD with a JSON 405 (Django's require_safe answers in HTML)."""
+
+    @functools.wraps(view)
+    async def wrapper(request: HttpRequest) -> HttpResponse:
+        if request.method not in ("GET", "HEAD"):
+            return _method_not_allowed(request, "GET, HEAD")
+        return await view(request)
+
+    return wrapper
 
 
+@read_only
 async def health(request: HttpRequest) -> HttpResponse:
     """Readiness: Redis and PostgreSQL both answer; 503 naming the part that does not."""
-    if request.method not in ("GET", "HEAD"):
-        return _method_not_allowed(request, _READ_ONLY)
     report = await sync_to_async(selectors.health_report, thread_sensitive=False)()
     status = 200 if report["status"] == "healthy" else 503
     response = JsonResponse(report, status=status)
@@ -191,16 +203,14 @@ async def health(request: HttpRequest) -> HttpResponse:
     return response
 
 
+@read_only
 async def health_live(request: HttpRequest) -> HttpResponse:
     """Liveness: the process answers; touches neither Redis nor PostgreSQL."""
-    if request.method not in ("GET", "HEAD"):
-        return _method_not_allowed(request, _READ_ONLY)
     return JsonResponse({"status": "alive"})
 
 
+@read_only
 async def queue_status(request: HttpRequest) -> HttpResponse:
-    if request.method not in ("GET", "HEAD"):
-        return _method_not_allowed(request, _READ_ONLY)
     try:
         report = await sync_to_async(selectors.queue_report, thread_sensitive=False)()
     except (RedisError, OSError) as exc:
@@ -208,7 +218,6 @@ async def queue_status(request: HttpRequest) -> HttpResponse:
     return JsonResponse(report)
 
 
+@read_only
 async def openapi(request: HttpRequest) -> HttpResponse:
-    if request.method not in ("GET", "HEAD"):
-        return _method_not_allowed(request, _READ_ONLY)
     return JsonResponse(OPENAPI_SCHEMA)
