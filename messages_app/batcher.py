@@ -8,13 +8,17 @@ request is answered only once that job is in Redis (what a Kafka producer's ling
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from messages_app import services
 from metrics_app import metrics
@@ -27,12 +31,20 @@ _BACKLOG_REFRESH_S = 0.25
 # waiting in the queue that takes it there.
 MAX_LINGER_S = 0.05
 JOBS_WAITING_FOR_MAX_LINGER = 8
+# Enqueues running at once per process. More rows wait for the next flush instead: bigger jobs
+# under load, and with Redis frozen, no pile of threads each waiting out its socket timeout.
+MAX_FLUSHES_IN_FLIGHT = 2
+# After an enqueue failed for want of Redis, answer 503 at once for this long before trying again.
+REDIS_DOWN_HOLD_S = 1.0
 # API answers are counted in-process and written to Redis at most this often.
 _COUNTERS_FLUSH_S = 1.0
 
 
 class Overloaded(Exception):
     """The backlog passed INGEST_MAX_BACKLOG: the caller should retry later."""
+
+
+T = TypeVar("T")
 
 
 class Batcher:
@@ -59,9 +71,22 @@ class Batcher:
         self._backlog_read_at = 0.0
         self._responses: dict[str, int] = {}
         self._responses_task: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self._flush_deferred = False
+        self._redis_down_until = 0.0
+        # Its own threads: a slow database read elsewhere in the process cannot hold up writes.
+        self._executor = ThreadPoolExecutor(
+            max_workers=MAX_FLUSHES_IN_FLIGHT + 1, thread_name_prefix="batcher"
+        )
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(function, *args, **kwargs))
 
     async def submit(self, rows: list[services.BatchRow]) -> None:
         """Wait until `rows` are in Redis inside a job; raise Overloaded or a Redis error if not."""
+        if time.monotonic() < self._redis_down_until:
+            raise RedisConnectionError("Redis was unreachable a moment ago")
         if self.backlog >= self._max_backlog:
             await self._backlog_refresh()
             if self.backlog >= self._max_backlog:
@@ -95,35 +120,45 @@ class Batcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if not self._rows:
+            return
+        if self._in_flight >= MAX_FLUSHES_IN_FLIGHT:
+            self._flush_deferred = True  # flushed as soon as one in flight returns
+            return
         rows, waiters = self._rows, self._waiters
         self._rows, self._waiters = [], []
-        if rows:
-            task = asyncio.get_running_loop().create_task(self._flush_rows(rows, waiters))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
+        self._in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._flush_rows(rows, waiters))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
 
     async def _flush_rows(self, rows: list[services.BatchRow], waiters: list[asyncio.Future[None]]) -> None:
         try:
-            enqueued = await sync_to_async(self._enqueue, thread_sensitive=False)(batch=rows)
+            enqueued = await self._in_thread(self._enqueue, batch=rows)
         except Exception as exc:
             logger.warning("Enqueueing a batch of %d failed: %s", len(rows), exc)
+            if isinstance(exc, RedisError | OSError):
+                self._redis_down_until = time.monotonic() + REDIS_DOWN_HOLD_S
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(exc)
-            return
-        self.backlog, self.jobs_waiting = enqueued
-        self._backlog_read_at = time.monotonic()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        else:
+            self.backlog, self.jobs_waiting = enqueued
+            self._backlog_read_at = time.monotonic()
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        finally:
+            self._in_flight -= 1
+            if self._flush_deferred:
+                self._flush_deferred = False
+                self._flush()
 
     async def _backlog_refresh(self) -> None:
         if time.monotonic() - self._backlog_read_at < _BACKLOG_REFRESH_S:
             return
         self._backlog_read_at = time.monotonic()
-        raw = await sync_to_async(services.redis_connection().get, thread_sensitive=False)(
-            metrics.QUEUE_LENGTH
-        )
+        raw = await self._in_thread(services.redis_connection().get, metrics.QUEUE_LENGTH)
         self.backlog = int(raw or 0)
 
     def response_count(self, status: int) -> None:
@@ -145,7 +180,7 @@ class Batcher:
                 pipe.execute()
 
         try:
-            await sync_to_async(write, thread_sensitive=False)()
+            await self._in_thread(write)
         except Exception as exc:  # Redis down: the counts are lost, the requests were answered.
             logger.debug("Could not record response counts: %s", exc)
 

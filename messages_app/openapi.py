@@ -317,7 +317,16 @@ OPENAPI_SCHEMA: dict[str, Any] = {
             "Error": {
                 "type": "object",
                 "required": ["detail"],
-                "properties": {"detail": {"type": "string"}, "errors": {"type": "object"}},
+                "properties": {
+                    "detail": {"type": "string"},
+                    "errors": {"type": "object"},
+                    "message_ids": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "uuid"},
+                        "description": "On a 503 from an unreachable Redis: the ids the messages had, "
+                        "to send back as `id` when retrying (an enqueue that timed out may have landed)",
+                    },
+                },
             },
         }
     },

@@ -77,7 +77,14 @@ async def _submit(rows: list[list[Any]]) -> JsonResponse | None:
     except Overloaded:
         return _error(503, f"backlog over {settings.INGEST_MAX_BACKLOG} messages; retry later")
     except (RedisError, OSError) as exc:
-        return _error(503, f"queue unavailable: {type(exc).__name__}", redis="disconnected")
+        # A timeout can come after Redis applied the enqueue: the ids let a client retry
+        # idempotently (sending each one back as `id`) instead of risking a duplicate.
+        return _error(
+            503,
+            f"queue unavailable: {type(exc).__name__}; if you retry, send these ids as `id`",
+            redis="disconnected",
+            message_ids=[row[0] for row in rows],
+        )
     return None
 
 

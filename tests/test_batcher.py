@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from typing import Any
 
@@ -145,3 +146,55 @@ async def test_a_waiter_cancelled_during_the_enqueue_leaves_the_batch_whole(
     await asyncio.wait_for(second, timeout=WAIT_S)
     assert first.cancelled()
     assert [len(batch) for batch in _jobs()] == [2]
+
+
+async def test_at_most_two_flushes_run_at_once_and_the_rest_wait_for_the_next(
+    redis_client: redis_lib.Redis,
+) -> None:
+    release = threading.Event()
+    running: list[int] = []
+    peak = 0
+    batches: list[int] = []
+
+    def slow_enqueue(*, batch: list[Any]) -> services.Enqueued:
+        nonlocal peak
+        running.append(1)
+        peak = max(peak, len(running))
+        release.wait(WAIT_S)
+        running.pop()
+        batches.append(len(batch))
+        return services.Enqueued(backlog=0, jobs_waiting=0)
+
+    batcher = Batcher(enqueue=slow_enqueue, size=1, linger_s=60, max_backlog=1_000_000)
+    submits = [asyncio.ensure_future(batcher.submit(_rows(1))) for _ in range(10)]
+    await asyncio.sleep(0.2)
+    assert peak == 2 and batches == []
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*submits), WAIT_S)
+    assert peak == 2
+    # The eight rows that arrived while two flushes ran went out together, not one by one.
+    assert sorted(batches) == [1, 1, 8]
+
+
+async def test_after_redis_failed_it_answers_at_once_then_tries_again(
+    redis_client: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batcher_module, "REDIS_DOWN_HOLD_S", 0.3)
+    calls: list[int] = []
+
+    def failing_enqueue(*, batch: list[Any]) -> services.Enqueued:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RedisConnectionError("refused")
+        return services.Enqueued(backlog=len(batch), jobs_waiting=0)
+
+    batcher = Batcher(enqueue=failing_enqueue, size=1, linger_s=60, max_backlog=1_000_000)
+    with pytest.raises(RedisConnectionError):
+        await asyncio.wait_for(batcher.submit(_rows(1)), WAIT_S)
+    # Within the hold: refused without another round trip to a Redis that just failed.
+    with pytest.raises(RedisConnectionError):
+        await asyncio.wait_for(batcher.submit(_rows(1)), WAIT_S)
+    assert calls == [1]
+    await asyncio.sleep(0.35)
+    await asyncio.wait_for(batcher.submit(_rows(1)), WAIT_S)
+    assert calls == [1, 1]

@@ -368,6 +368,9 @@ def assert_refused_at_once(client: httpx.Client, refused_ids: list[str]) -> dict
         elapsed[name] = time.monotonic() - started
         assert response.status_code == 503, response.text
         assert response.headers["Retry-After"].isdigit()
+        # The ids to retry with: a client's own, echoed back.
+        sent = [payload["id"]] if "id" in payload else [item["id"] for item in payload["messages"]]
+        assert response.json()["message_ids"] == sent
     started = time.monotonic()
     health = client.get("/health")
     elapsed["health"] = time.monotonic() - started
