@@ -8,6 +8,7 @@ import socket
 import time
 
 from django.db import close_old_connections
+from redis.exceptions import RedisError
 from rq import get_current_job
 
 from messages_app.services import BatchRow, messages_persist, redis_connection
@@ -15,14 +16,12 @@ from metrics_app import metrics
 
 logger = logging.getLogger("messages_app.worker")
 
-# Derived gauges (p99, current_rps) need a window read; once per half second per worker is plenty.
+# Derived gauges (p99, current_rps) need a window read; once per half second across all workers.
 _DERIVED_EVERY_S = 0.5
-_last_derived_at = 0.0
 
 
 def persist_batch(batch: list[BatchRow]) -> int:
     """Persist one batch of messages, then record its metrics in one Redis pipeline."""
-    global _last_derived_at
     job = get_current_job()
     started = time.perf_counter()
     try:
@@ -32,18 +31,28 @@ def persist_batch(batch: list[BatchRow]) -> int:
         # so the retry of this job starts on a fresh one.
         close_old_connections()
     duration = time.perf_counter() - started
+    try:
+        _metrics_record(batch, result.inserted, result.dead, duration, job.worker_name if job else None)
+    except RedisError as exc:
+        # The rows are committed: failing the job now would only re-run it and count it twice.
+        logger.warning("Batch of %d saved, but its metrics were not recorded: %s", len(batch), exc)
+    return result.inserted
+
+
+def _metrics_record(
+    batch: list[BatchRow], inserted: int, dead: int, duration: float, worker: str | None
+) -> None:
     now = time.time()
-    worker = job.worker_name if job and job.worker_name else f"{socket.gethostname()}:{os.getpid()}"
     redis = redis_connection()
     with redis.pipeline() as pipe:
         metrics.batch_record(
             pipe,
             size=len(batch),
-            inserted=result.inserted,
-            dead=result.dead,
+            inserted=inserted,
+            dead=dead,
             latencies_ms=[(now - row[4]) * 1000.0 for row in batch],
             duration_s=duration,
-            worker=worker,
+            worker=worker or f"{socket.gethostname()}:{os.getpid()}",
             now=now,
         )
         replies = pipe.execute()
@@ -51,12 +60,10 @@ def persist_batch(batch: list[BatchRow]) -> int:
     logger.info(
         "Batch #%d saved: %d messages in %.3fs (%.0f msg/s) | total %d",
         batch_number,
-        result.inserted,
+        inserted,
         duration,
         len(batch) / duration if duration > 0 else 0.0,
         total_messages,
     )
-    if now - _last_derived_at >= _DERIVED_EVERY_S:
-        _last_derived_at = now
+    if metrics.derived_refresh_due(redis, every_s=_DERIVED_EVERY_S):
         metrics.derived_refresh(redis, now=now)
-    return result.inserted

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -98,11 +99,12 @@ def batch_record(
     buckets: dict[int, int] = {}
     total_ms = 0.0
     count = 0
-    for latency_ms in latencies_ms:
+    # The rows of one request share a receipt time, hence a latency: bucket each value once.
+    for latency_ms, times in Counter(latencies_ms).items():
         index = latency_bucket(latency_ms)
-        buckets[index] = buckets.get(index, 0) + 1
-        total_ms += latency_ms
-        count += 1
+        buckets[index] = buckets.get(index, 0) + times
+        total_ms += latency_ms * times
+        count += times
     pipe.incrby(TOTAL_MESSAGES, inserted)
     pipe.incr(TOTAL_BATCHES)
     pipe.decrby(QUEUE_LENGTH, size)
@@ -172,6 +174,14 @@ def window_summary(hashes: Iterable[Mapping[Any, Any]]) -> dict[str, float]:
         "p95_latency_ms": histogram_percentile(buckets, 0.95),
         "p99_latency_ms": histogram_percentile(buckets, 0.99),
     }
+
+
+DERIVED_LOCK = "ingestor:derived_refresh_lock"
+
+
+def derived_refresh_due(redis: Any, *, every_s: float) -> bool:
+    """True for one caller across every worker per `every_s`: the others skip the window read."""
+    return bool(redis.set(DERIVED_LOCK, 1, nx=True, px=int(every_s * 1000)))
 
 
 def derived_refresh(redis: Any, *, now: float | None = None) -> dict[str, float]:
