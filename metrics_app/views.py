@@ -10,6 +10,8 @@ import json
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
@@ -90,6 +92,11 @@ async def simulate(request: HttpRequest) -> HttpResponse:
         response = JsonResponse({"detail": "use POST"}, status=405)
         response["Allow"] = "POST"
         return response
+    if settings.INGEST_API_KEYS:
+        # Writes need a key when keys are configured: from the dashboard, a staff session stands in.
+        user = await request.auser()
+        if not (user.is_active and user.is_staff):
+            return _answer(request, 403, "with INGEST_API_KEYS set, only staff may simulate bursts")
     try:
         count = _requested_count(request)
     except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested past the parser's depth
@@ -116,4 +123,6 @@ async def reset(request: HttpRequest) -> HttpResponse:
         await sync_to_async(messages_reset)()
     except (RedisError, OSError) as exc:
         return _answer(request, 503, f"reset incomplete, Redis unavailable: {type(exc).__name__}")
+    except DatabaseError as exc:
+        return _answer(request, 503, f"reset not done, database unavailable: {type(exc).__name__}")
     return _answer(request, 200, "Reset done: messages, dead letters and counters cleared.", status="reset")

@@ -15,7 +15,7 @@ import redis as redis_lib
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.templatetags.static import static
-from django.test import Client
+from django.test import Client, override_settings
 from prometheus_client.parser import text_string_to_metric_families
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
@@ -141,6 +141,17 @@ def test_simulate_refuses_malformed_or_absurdly_nested_json_with_422(
     assert response.status_code == 422
     assert response.json()["detail"]
     assert _queued_messages() == []
+
+
+@override_settings(INGEST_API_KEYS=frozenset({"secret"}))
+def test_simulate_needs_staff_when_api_keys_guard_the_writes(redis_client: redis_lib.Redis) -> None:
+    anonymous = Client().post("/simulate", {"count": 5}, content_type="application/json")
+    assert anonymous.status_code == 403
+    assert _queued_messages() == []
+    staff = Client()
+    staff.force_login(_user(staff=True))
+    assert staff.post("/simulate", {"count": 5}, content_type="application/json").status_code == 202
+    assert len(_queued_messages()) == 5
 
 
 def test_simulate_only_accepts_post_with_a_csrf_token(redis_client: redis_lib.Redis) -> None:
