@@ -171,7 +171,7 @@ def messages_reset() -> None:
     # queue_length stays: the jobs still queued are acknowledged messages and will land.
     redis = redis_connection()
     with redis.pipeline() as pipe:
-        pipe.delete(*metrics.COUNTER_KEYS)
+        pipe.delete(*metrics.RESET_KEYS)
         for key in redis.scan_iter(match=f"{metrics.SECOND_KEY_PREFIX}*", count=1000):
             pipe.delete(key)
         pipe.execute()

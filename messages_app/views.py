@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -186,8 +186,8 @@ async def messages_list(request: HttpRequest) -> HttpResponse:
 
 
 def read_only(
-    view: Callable[[HttpRequest], Awaitable[HttpResponse]],
-) -> Callable[..., Awaitable[HttpResponse]]:
+    view: Callable[[HttpRequest], Coroutine[Any, Any, HttpResponse]],
+) -> Callable[[HttpRequest], Coroutine[Any, Any, HttpResponse]]:
     """Answer anything but GET and HEAD with a JSON 405 (Django's require_safe answers in HTML)."""
 
     @functools.wraps(view)

@@ -36,8 +36,9 @@ from django.template.loader import render_to_string
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
+from messages_app.selectors import messages_latest
 from metrics_app import metrics
-from metrics_app.selectors import DashboardRead, dashboard_read, messages_recent
+from metrics_app.selectors import DashboardRead, dashboard_read
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,9 @@ async def _messages_recent(*, fallback: list[dict[str, Any]]) -> list[dict[str, 
     Counters and charts come from Redis and stay live through a database outage.
     """
     try:
-        return await sync_to_async(messages_recent, thread_sensitive=False)(limit=TABLE_ROWS)
+        return await sync_to_async(messages_latest, thread_sensitive=False)(
+            limit=TABLE_ROWS, channel_id=None, user_id=None
+        )
     except DatabaseError as exc:
         logger.warning("Dashboard could not read the latest messages: %s", exc)
         return fallback

@@ -32,7 +32,7 @@ RECENT_BATCHES = "ingestor:recent_batches"
 SECOND_KEY_PREFIX = "ingestor:second:"
 
 # The keys a reset clears (the rq queue itself is left alone: those jobs are acknowledged).
-COUNTER_KEYS = (
+RESET_KEYS = (
     TOTAL_MESSAGES,
     TOTAL_BATCHES,
     CURRENT_RPS,

@@ -7,11 +7,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection
 from redis.asyncio import Redis as AsyncRedis
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from messages_app.models import Message
 from messages_app.services import INGEST_QUEUE, redis_connection
 from metrics_app import metrics
 
@@ -108,16 +106,3 @@ def prometheus_read() -> PrometheusRead:
         gauges={name: float(value or 0) for name, value in zip(gauge_keys, gauges, strict=True)},
         latency_histogram=second_parse(histogram),
     )
-
-
-def messages_recent(*, limit: int) -> list[dict[str, Any]]:
-    """The latest persisted messages, newest first, for the dashboard's table.
-
-    Blocking: async callers run it in a thread. The connection goes back to the pool at once.
-    """
-    fields = ("id", "user_id", "channel_id", "content", "created_at", "inserted_at")
-    try:
-        # Ids are UUIDv7: among messages received in the same instant, the later one sorts last.
-        return list(Message.objects.order_by("-created_at", "-id").values(*fields)[:limit])
-    finally:
-        connection.close()
