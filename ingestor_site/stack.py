@@ -11,14 +11,16 @@ exit. With them set, those servers are used and left alone.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -73,73 +75,77 @@ def manage(env: dict[str, str], *args: str) -> None:
     subprocess.run([PYTHON, MANAGE, *args], check=True, env=env, cwd=BASE_DIR)  # noqa: S603
 
 
+def _web_command(host: str, port: int, processes: int, restarts: int) -> list[str]:
+    return [PYTHON, "-m", "granian", "--interface", "asginl", "--host", host, "--port", str(port),
+            "--workers", str(processes), "--log-level", "warning", "ingestor_site.asgi:application"]  # fmt: skip
+
+
+def _worker_command(number: int, restarts: int) -> list[str]:
+    # A fresh name each start: a killed worker's registration outlives it in Redis (until its
+    # TTL), and rq refuses to start a worker under a name that is still registered.
+    return [PYTHON, MANAGE, "rqworker", "ingest", "--name", f"worker-{number}-{os.getpid()}-{restarts}"]
+
+
+@dataclass
+class Child:
+    """A process the supervisor keeps running, restarted with backoff when it dies."""
+
+    label: str
+    command: Callable[[int], list[str]]  # the command line for its n-th start
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    restart_at: float = 0.0  # when a dead one is due to start again; 0.0 while alive
+
+
 class Supervisor:
-    """Starts the web server and the workers, restarts workers that die, stops all in order."""
+    """Starts the web server and the workers, restarts any that dies, stops all in order."""
 
     def __init__(
         self, env: dict[str, str], *, host: str, port: int, workers: int, web_processes: int
     ) -> None:
         self.env = env
-        self.host = host
-        self.port = port
-        self.worker_count = workers
-        self.web_processes = web_processes
-        self.web: subprocess.Popen[bytes] | None = None
-        self.workers: list[subprocess.Popen[bytes] | None] = [None] * workers
-        self.restarts = [0] * workers
-        self.next_start = [0.0] * workers
+        self.web = Child("web server", functools.partial(_web_command, host, port, web_processes))
+        self.workers = [
+            Child(f"worker {n}", functools.partial(_worker_command, n)) for n in range(1, workers + 1)
+        ]
         self.stopping = False
 
-    def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
+    def _start(self, child: Child) -> None:
         # Own process groups: a Ctrl-C reaches only us, and we stop the children in order.
-        return subprocess.Popen(args, env=self.env, cwd=BASE_DIR, start_new_session=True)  # noqa: S603
-
-    def web_start(self) -> None:
-        self.web = self._spawn(
-            [PYTHON, "-m", "granian", "--interface", "asginl", "--host", self.host, "--port", str(self.port),
-             "--workers", str(self.web_processes),
-             "--log-level", "warning", "ingestor_site.asgi:application"]
-        )  # fmt: skip
-
-    def worker_start(self, index: int) -> None:
-        # A fresh name each start: a killed worker's registration outlives it in Redis (until its
-        # TTL), and rq refuses to start a worker under a name that is still registered.
-        name = f"worker-{index + 1}-{os.getpid()}-{self.restarts[index]}"
-        self.workers[index] = self._spawn([PYTHON, MANAGE, "rqworker", "ingest", "--name", name])
+        child.process = subprocess.Popen(  # noqa: S603
+            child.command(child.restarts), env=self.env, cwd=BASE_DIR, start_new_session=True
+        )
 
     def start(self) -> None:
-        self.web_start()
-        for index in range(self.worker_count):
-            self.worker_start(index)
+        for child in (self.web, *self.workers):
+            self._start(child)
 
     def watch(self) -> None:
         while not self.stopping:
             time.sleep(0.5)
-            if self.web is not None and self.web.poll() is not None and not self.stopping:
-                say(f"web server exited with code {self.web.returncode}; restarting it")
-                self.web_start()
-            for index, worker in enumerate(self.workers):
-                if self.stopping or worker is None or worker.poll() is None:
+            for child in (self.web, *self.workers):
+                if self.stopping or child.process is None or child.process.poll() is None:
                     continue
                 now = time.monotonic()
-                if self.next_start[index] == 0.0:
-                    delay = RESTART_BACKOFF_S[min(self.restarts[index], len(RESTART_BACKOFF_S) - 1)]
-                    say(f"worker {index + 1} exited with code {worker.returncode}; restarting in {delay}s")
-                    self.next_start[index] = now + delay
-                elif now >= self.next_start[index]:
-                    self.restarts[index] += 1
-                    self.next_start[index] = 0.0
-                    self.worker_start(index)
+                if child.restart_at == 0.0:
+                    delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
+                    say(f"{child.label} exited with code {child.process.returncode}; restarting in {delay}s")
+                    child.restart_at = now + delay
+                elif now >= child.restart_at:
+                    child.restarts += 1
+                    child.restart_at = 0.0
+                    self._start(child)
 
     def stop(self) -> None:
         """Web first (no new messages; in-flight batches reach Redis), then workers (each
         finishes its current batch: rq's warm shutdown on SIGTERM)."""
         self.stopping = True
-        if self.web is not None and self.web.poll() is None:
+        web = self.web.process
+        if web is not None and web.poll() is None:
             say("stopping the web server")
-            self.web.terminate()
-            _wait(self.web, STOP_GRACE_S)
-        live = [worker for worker in self.workers if worker is not None and worker.poll() is None]
+            web.terminate()
+            _wait(web, STOP_GRACE_S)
+        live = [child.process for child in self.workers if child.process and child.process.poll() is None]
         if live:
             say(f"stopping {len(live)} worker(s); each finishes its current batch")
         for worker in live:

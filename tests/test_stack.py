@@ -124,3 +124,39 @@ def test_run_starts_embedded_services_restarts_a_dead_worker_and_stops_cleanly(
         for process in seen.values():
             if process.is_running():
                 process.kill()
+
+
+def test_manage_py_runserver_serves_the_api_and_the_dashboard_through_daphne(
+    transactional_db: None, redis_client: object, output_dir: Path
+) -> None:
+    from django.conf import settings
+
+    from tests.conftest import subprocess_database_url
+
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": subprocess_database_url(), "REDIS_URL": settings.REDIS_URL}
+    with (output_dir / "runserver.log").open("w") as log:
+        server = subprocess.Popen(  # noqa: S603
+            [sys.executable, "manage.py", "runserver", str(port), "--noreload"],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+
+            def answers() -> bool:
+                try:
+                    return httpx.get(f"{url}/health/live", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_until(answers, timeout_s=30, what="runserver to answer")
+            posted = httpx.post(f"{url}/messages", json={"user_id": 1, "channel_id": 2, "content": "hi"})
+            assert posted.status_code == 201, posted.text
+            assert "Ingestor" in httpx.get(f"{url}/", timeout=10).text
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+    assert "daphne" in (output_dir / "runserver.log").read_text().lower()
