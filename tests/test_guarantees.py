@@ -227,6 +227,29 @@ def test_concurrent_singles_and_batches_make_exactly_one_row_each(
 # --- 2. kill -9 mid-batch ------------------------------------------------------------------------
 
 
+def batch_held_in_flight(
+    client: httpx.Client,
+    table_lock: Callable[[], psycopg.Connection[Any]],
+    redis: redis_lib.Redis,
+    *,
+    warm_up: int,
+    size: int,
+) -> tuple[list[str], psycopg.Connection[Any], list[str], list[str]]:
+    """Store `warm_up` messages, then post a batch of `size` that the worker starts but cannot
+    commit: its insert waits on a lock of the table. Returns the stored ids, the lock (roll it
+    back to let the insert through), the batch's ids and the started job ids."""
+    database_url = subprocess_database_url()
+    first = post_batch(client, [message(i) for i in range(warm_up)])
+    wait_all_stored(database_url, first, timeout_s=30)
+    lock = table_lock()
+    in_flight = post_batch(client, [message(i) for i in range(100, 100 + size)])
+    job_ids = wait_until(lambda: started_job_ids(redis), timeout_s=15, what="the batch's job to start")
+    wait_until(
+        lambda: insert_waiting_on_lock(database_url), timeout_s=15, what="the worker's insert to block"
+    )
+    return first, lock, in_flight, job_ids
+
+
 def test_worker_killed_mid_batch_loses_nothing(
     shared_stack: Callable[..., LiveStack],
     table_lock: Callable[[], psycopg.Connection[Any]],
@@ -239,15 +262,7 @@ def test_worker_killed_mid_batch_loses_nothing(
     database_url = subprocess_database_url()
 
     with httpx.Client(base_url=stack.url, timeout=15) as client:
-        first = post_batch(client, [message(i) for i in range(20)])
-        wait_all_stored(database_url, first, timeout_s=30)
-
-        lock = table_lock()
-        in_flight = post_batch(client, [message(i) for i in range(100, 150)])
-        wait_until(lambda: started_job_ids(redis), timeout_s=15, what="the batch's job to start")
-        wait_until(
-            lambda: insert_waiting_on_lock(database_url), timeout_s=15, what="the worker's insert to block"
-        )
+        first, lock, in_flight, _ = batch_held_in_flight(client, table_lock, redis, warm_up=20, size=50)
 
         killed_at = time.monotonic()
         stack.kill(worker)
@@ -525,14 +540,7 @@ def test_sigterm_finishes_the_current_batch_before_exit(
     database_url = subprocess_database_url()
 
     with httpx.Client(base_url=stack.url, timeout=15) as client:
-        first = post_batch(client, [message(i) for i in range(5)])
-        wait_all_stored(database_url, first, timeout_s=30)
-        lock = table_lock()
-        in_flight = post_batch(client, [message(i) for i in range(100, 160)])
-    job_ids = wait_until(lambda: started_job_ids(redis), timeout_s=15, what="the batch's job to start")
-    wait_until(
-        lambda: insert_waiting_on_lock(database_url), timeout_s=15, what="the worker's insert to block"
-    )
+        first, lock, in_flight, job_ids = batch_held_in_flight(client, table_lock, redis, warm_up=5, size=60)
 
     stack.signal(worker, signal.SIGTERM)
     time.sleep(1)  # the worker has the signal while its insert still waits

@@ -47,6 +47,19 @@ def _workers(url: str) -> int:
         return -1
 
 
+def _post_and_wait_stored(url: str, content: str, *, timeout_s: float, what: str) -> None:
+    """POST one message (a 201) and wait until GET /messages lists it."""
+    with httpx.Client(base_url=url, timeout=10) as client:
+        acknowledged = client.post("/messages", json={"user_id": 1, "channel_id": 1, "content": content})
+        assert acknowledged.status_code == 201
+        message_id = acknowledged.json()["message_id"]
+        wait_until(
+            lambda: any(m["id"] == message_id for m in client.get("/messages").json()["messages"]),
+            timeout_s=timeout_s,
+            what=what,
+        )
+
+
 def test_run_starts_embedded_services_restarts_a_dead_worker_and_stops_cleanly(
     tmp_path: Path, output_dir: Path
 ) -> None:
@@ -70,15 +83,7 @@ def test_run_starts_embedded_services_restarts_a_dead_worker_and_stops_cleanly(
         assert "embedded PostgreSQL" in output.text() and "embedded Redis" in output.text()
         wait_until(lambda: _workers(url) == 1, timeout_s=30, what="one worker registered")
 
-        with httpx.Client(base_url=url, timeout=10) as client:
-            acknowledged = client.post("/messages", json={"user_id": 1, "channel_id": 1, "content": "hello"})
-            assert acknowledged.status_code == 201
-            message_id = acknowledged.json()["message_id"]
-            wait_until(
-                lambda: any(m["id"] == message_id for m in client.get("/messages").json()["messages"]),
-                timeout_s=30,
-                what="the message stored",
-            )
+        _post_and_wait_stored(url, "hello", timeout_s=30, what="the message stored")
 
         seen.update((p.pid, p) for p in psutil.Process(supervisor.pid).children(recursive=True))
         children = psutil.Process(supervisor.pid).children()
@@ -93,17 +98,9 @@ def test_run_starts_embedded_services_restarts_a_dead_worker_and_stops_cleanly(
             timeout_s=30,
             what="a new worker process",
         )
-        with httpx.Client(base_url=url, timeout=10) as client:
-            later = client.post("/messages", json={"user_id": 2, "channel_id": 1, "content": "after"})
-            assert later.status_code == 201
-            later_id = later.json()["message_id"]
-            # The dead worker's registration lives on in Redis for its TTL (30 s): a restarted
-            # worker that could not register would leave this message waiting past the deadline.
-            wait_until(
-                lambda: any(m["id"] == later_id for m in client.get("/messages").json()["messages"]),
-                timeout_s=20,
-                what="the restarted worker to store a message",
-            )
+        # The dead worker's registration lives on in Redis for its TTL (30 s): a restarted
+        # worker that could not register would leave this message waiting past the deadline.
+        _post_and_wait_stored(url, "after", timeout_s=20, what="the restarted worker to store a message")
         assert output.text().count("exited with code") == 1, "the restarted worker died too"
 
         descendants = psutil.Process(supervisor.pid).children(recursive=True)
