@@ -21,7 +21,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from messages_app import services
-from metrics_app import metrics
+from telemetry import metrics
+from telemetry.connection import redis_connection
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class Batcher:
         if time.monotonic() - self._backlog_read_at < _BACKLOG_REFRESH_S:
             return
         self._backlog_read_at = time.monotonic()
-        raw = await self._in_thread(services.redis_connection().get, metrics.QUEUE_LENGTH)
+        raw = await self._in_thread(redis_connection().get, metrics.QUEUE_LENGTH)
         self.backlog = int(raw or 0)
 
     def response_count(self, status: int) -> None:
@@ -175,7 +176,7 @@ class Batcher:
             return
 
         def write() -> None:
-            with services.redis_connection().pipeline(transaction=False) as pipe:
+            with redis_connection().pipeline(transaction=False) as pipe:
                 metrics.responses_record(pipe, counts=counts, now=time.time())
                 pipe.execute()
 

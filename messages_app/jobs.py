@@ -11,8 +11,9 @@ from django.db import close_old_connections
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from messages_app.services import BatchRow, messages_persist, redis_connection
-from metrics_app import metrics
+from messages_app.services import BatchRow, messages_persist
+from telemetry import metrics
+from telemetry.connection import redis_connection
 
 logger = logging.getLogger("messages_app.worker")
 

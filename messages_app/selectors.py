@@ -12,8 +12,9 @@ from rq import Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from messages_app.models import Message
-from messages_app.services import ingest_queue, redis_connection
-from metrics_app import metrics
+from messages_app.services import ingest_queue
+from telemetry import metrics
+from telemetry.connection import redis_connection
 
 
 def messages_latest(*, limit: int, channel_id: int | None, user_id: int | None) -> list[dict[str, Any]]:

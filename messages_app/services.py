@@ -14,11 +14,11 @@ import django_rq
 import psycopg
 from django.conf import settings
 from django.db import DataError, IntegrityError, connection, transaction
-from redis import Redis
 from rq import Queue, Retry
 
 from messages_app.models import DeadLetter, Message
-from metrics_app import metrics
+from telemetry import metrics
+from telemetry.connection import redis_connection
 
 logger = logging.getLogger(__name__)
 
@@ -30,17 +30,15 @@ BatchRow = list[Any]
 # registry (from which `rq requeue` brings it back); a worker killed mid-batch uses one retry too.
 # rq picks interval[len(interval) - retries_left]: a shorter list than `max` repeats its FIRST
 # value (here 23 retries 1 s apart, ~2.4 minutes in all), so the list spells out every retry.
+PERSIST_JOB = "messages_app.jobs.persist_batch"
 PERSIST_RETRY = Retry(max=30, interval=[1, 2, 4, 8, 15, 30, *[60] * 24])
 
 
 @functools.cache
 def ingest_queue() -> Queue:
-    """The `ingest` queue, built once per process: django_rq.get_queue() opens a connection per call."""
-    return django_rq.get_queue(INGEST_QUEUE)
-
-
-def redis_connection() -> Redis:
-    return ingest_queue().connection
+    """The `ingest` queue, built once per process on the shared Redis client (django_rq.get_queue()
+    alone would open a connection per call)."""
+    return django_rq.get_queue(INGEST_QUEUE, connection=redis_connection())
 
 
 class Enqueued(NamedTuple):
@@ -55,12 +53,11 @@ def batch_enqueue(*, batch: list[BatchRow]) -> Enqueued:
 
     Blocking (redis-py): async callers run it in a thread, once per batch rather than per message.
     """
-    from messages_app.jobs import persist_batch
-
     queue = ingest_queue()
     with queue.connection.pipeline() as pipe:
         queue.enqueue_call(
-            persist_batch,
+            # By name: the job module imports this one.
+            PERSIST_JOB,
             args=(batch,),
             description=f"persist a batch of {len(batch)} messages",
             timeout=settings.INGEST_JOB_TIMEOUT,
@@ -169,9 +166,4 @@ def messages_reset() -> None:
             f"{connection.ops.quote_name(DeadLetter._meta.db_table)}"
         )
     # queue_length stays: the jobs still queued are acknowledged messages and will land.
-    redis = redis_connection()
-    with redis.pipeline() as pipe:
-        pipe.delete(*metrics.RESET_KEYS)
-        for key in redis.scan_iter(match=f"{metrics.SECOND_KEY_PREFIX}*", count=1000):
-            pipe.delete(key)
-        pipe.execute()
+    metrics.metrics_reset(redis_connection())

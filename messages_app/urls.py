@@ -10,5 +10,4 @@ urlpatterns = [
     path("health", views.health, name="health"),
     path("health/live", views.health_live, name="health-live"),
     path("queue/status", views.queue_status, name="queue-status"),
-    path("openapi.json", views.openapi, name="openapi"),
 ]

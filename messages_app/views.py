@@ -6,10 +6,8 @@ checks what it needs itself: method, content type, size, API key.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,23 +22,8 @@ from redis.exceptions import RedisError
 
 from messages_app import selectors
 from messages_app.batcher import Overloaded, batcher_for_loop
-from messages_app.openapi import OPENAPI_SCHEMA
+from messages_app.http import RETRY_AFTER_S, json_error, method_not_allowed, require_safe
 from messages_app.validation import message_validate
-
-RETRY_AFTER_S = "1"
-
-
-def _error(status: int, detail: str, **extra: Any) -> JsonResponse:
-    response = JsonResponse({"detail": detail, **extra}, status=status)
-    if status == 503:
-        response["Retry-After"] = RETRY_AFTER_S
-    return response
-
-
-def _method_not_allowed(request: HttpRequest, allowed: str) -> JsonResponse:
-    response = _error(405, f"method {request.method} not allowed; use {allowed}")
-    response["Allow"] = allowed
-    return response
 
 
 def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
@@ -50,26 +33,26 @@ def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
     if settings.INGEST_API_KEYS:
         key = meta.get("HTTP_X_API_KEY") or meta.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
         if key not in settings.INGEST_API_KEYS:
-            return None, _error(401, "missing or unknown API key (X-API-Key header)")
+            return None, json_error(401, "missing or unknown API key (X-API-Key header)")
     content_type = request.content_type or ""
     if content_type != "application/json" and not content_type.endswith("+json"):
-        return None, _error(415, f"Content-Type must be application/json, got {content_type or 'none'!r}")
+        return None, json_error(415, f"Content-Type must be application/json, got {content_type or 'none'!r}")
     limit = settings.INGEST_MAX_BODY_BYTES
     too_large = f"body larger than {limit} bytes"
     declared = meta.get("CONTENT_LENGTH") or ""
     if declared.isdigit() and int(declared) > limit:
-        return None, _error(413, too_large)
+        return None, json_error(413, too_large)
     try:
         body = request.body
     except RequestDataTooBig:
-        return None, _error(413, too_large)
+        return None, json_error(413, too_large)
     # Also without a Content-Length (chunked): Django's own check uses DATA_UPLOAD_MAX_MEMORY_SIZE.
     if len(body) > limit:
-        return None, _error(413, too_large)
+        return None, json_error(413, too_large)
     try:
         return json.loads(body), None
     except (ValueError, RecursionError) as exc:
-        return None, _error(400, f"malformed JSON: {exc}")
+        return None, json_error(400, f"malformed JSON: {exc}")
 
 
 async def _submit(rows: list[list[Any]]) -> JsonResponse | None:
@@ -77,11 +60,11 @@ async def _submit(rows: list[list[Any]]) -> JsonResponse | None:
     try:
         await batcher_for_loop().submit(rows)
     except Overloaded:
-        return _error(503, f"backlog over {settings.INGEST_MAX_BACKLOG} messages; retry later")
+        return json_error(503, f"backlog over {settings.INGEST_MAX_BACKLOG} messages; retry later")
     except (RedisError, OSError) as exc:
         # A timeout can come after Redis applied the enqueue: the ids let a client retry
         # idempotently (sending each one back as `id`) instead of risking a duplicate.
-        return _error(
+        return json_error(
             503,
             f"queue unavailable: {type(exc).__name__}; if you retry, send these ids as `id`",
             redis="disconnected",
@@ -105,13 +88,13 @@ async def messages(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return await messages_list(request)
     if request.method != "POST":
-        return _method_not_allowed(request, "GET, POST")
+        return method_not_allowed(request, "GET, POST")
     payload, problem = _json_body(request)
     if problem is not None:
         return _counted(problem)
     message, errors = message_validate(payload)
     if message is None:
-        return _counted(_error(422, "invalid message", errors=errors))
+        return _counted(json_error(422, "invalid message", errors=errors))
     received = time.time()
     row = _row(message, received)
     problem = await _submit([row])
@@ -125,18 +108,18 @@ async def messages(request: HttpRequest) -> HttpResponse:
 async def messages_batch(request: HttpRequest) -> HttpResponse:
     """POST up to INGEST_MAX_BATCH_ITEMS messages; good items land whatever the bad ones say."""
     if request.method != "POST":
-        return _method_not_allowed(request, "POST")
+        return method_not_allowed(request, "POST")
     payload, problem = _json_body(request)
     if problem is not None:
         return _counted(problem)
     if type(payload) is not dict or type(payload.get("messages")) is not list:
-        return _counted(_error(422, "body must be an object with a 'messages' list"))
+        return _counted(json_error(422, "body must be an object with a 'messages' list"))
     items = payload["messages"]
     limit = settings.INGEST_MAX_BATCH_ITEMS
     if len(items) > limit:
-        return _counted(_error(413, f"batch of {len(items)} messages is over the limit of {limit}"))
+        return _counted(json_error(413, f"batch of {len(items)} messages is over the limit of {limit}"))
     if not items:
-        return _counted(_error(422, "'messages' must not be empty"))
+        return _counted(json_error(422, "'messages' must not be empty"))
     received = time.time()
     rows: list[list[Any]] = []
     rejected: list[dict[str, Any]] = []
@@ -177,31 +160,17 @@ async def messages_list(request: HttpRequest) -> HttpResponse:
         channel_id = _positive_int_param(request, "channel_id", None, 2**63 - 1)
         user_id = _positive_int_param(request, "user_id", None, 2**63 - 1)
     except ValueError as exc:
-        return _error(422, str(exc))
+        return json_error(422, str(exc))
     try:
         rows = await sync_to_async(selectors.messages_latest, thread_sensitive=False)(
             limit=limit, channel_id=channel_id, user_id=user_id
         )
     except DatabaseError as exc:
-        return _error(503, f"database unavailable: {type(exc).__name__}", database="disconnected")
+        return json_error(503, f"database unavailable: {type(exc).__name__}", database="disconnected")
     return JsonResponse({"messages": rows, "count": len(rows)})
 
 
-def read_only(
-    view: Callable[[HttpRequest], Coroutine[Any, Any, HttpResponse]],
-) -> Callable[[HttpRequest], Coroutine[Any, Any, HttpResponse]]:
-    """Answer anything but GET and HEAD with a JSON 405 (Django's require_safe answers in HTML)."""
-
-    @functools.wraps(view)
-    async def wrapper(request: HttpRequest) -> HttpResponse:
-        if request.method not in ("GET", "HEAD"):
-            return _method_not_allowed(request, "GET, HEAD")
-        return await view(request)
-
-    return wrapper
-
-
-@read_only
+@require_safe
 async def health(request: HttpRequest) -> HttpResponse:
     """Readiness: Redis and PostgreSQL both answer; 503 naming the part that does not."""
     report = await sync_to_async(selectors.health_report, thread_sensitive=False)()
@@ -212,21 +181,16 @@ async def health(request: HttpRequest) -> HttpResponse:
     return response
 
 
-@read_only
+@require_safe
 async def health_live(request: HttpRequest) -> HttpResponse:
     """Liveness: the process answers; touches neither Redis nor PostgreSQL."""
     return JsonResponse({"status": "alive"})
 
 
-@read_only
+@require_safe
 async def queue_status(request: HttpRequest) -> HttpResponse:
     try:
         report = await sync_to_async(selectors.queue_report, thread_sensitive=False)()
     except (RedisError, OSError) as exc:
-        return _error(503, f"queue unavailable: {type(exc).__name__}", redis="disconnected")
+        return json_error(503, f"queue unavailable: {type(exc).__name__}", redis="disconnected")
     return JsonResponse(report)
-
-
-@read_only
-async def openapi(request: HttpRequest) -> HttpResponse:
-    return JsonResponse(OPENAPI_SCHEMA)

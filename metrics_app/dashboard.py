@@ -37,8 +37,8 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from messages_app.selectors import messages_latest
-from metrics_app import metrics
 from metrics_app.selectors import DashboardRead, dashboard_read
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from metrics_app import metrics
 from metrics_app.selectors import PrometheusRead
+from telemetry import metrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

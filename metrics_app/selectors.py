@@ -10,8 +10,9 @@ from typing import Any
 from redis.asyncio import Redis as AsyncRedis
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from messages_app.services import INGEST_QUEUE, redis_connection
-from metrics_app import metrics
+from messages_app.services import INGEST_QUEUE
+from telemetry import metrics
+from telemetry.connection import redis_connection
 
 # The cumulative counters every reader wants, in the order `counters_parse` expects them.
 COUNTER_KEYS = (

@@ -18,19 +18,24 @@ from django.template.loader import render_to_string
 from redis.exceptions import RedisError
 
 from messages_app.batcher import Overloaded
+from messages_app.http import json_error, require_methods, require_safe
 from messages_app.services import messages_reset
+from messages_app.simulate import SIMULATE_MAX, burst_simulate
 from metrics_app.dashboard import batches_rows, cards_build, dashboard_page_state, messages_rows
 from metrics_app.exposition import CONTENT_TYPE, prometheus_render
 from metrics_app.selectors import prometheus_read, stats_snapshot
-from metrics_app.services import SIMULATE_MAX, burst_simulate
 
 
 def _unavailable(exc: Exception) -> JsonResponse:
-    response = JsonResponse({"detail": f"metrics unavailable: {type(exc).__name__}"}, status=503)
-    response["Retry-After"] = "1"
-    return response
+    return json_error(503, f"metrics unavailable: {type(exc).__name__}")
 
 
+async def _is_staff(request: HttpRequest) -> bool:
+    user = await request.auser()
+    return bool(user.is_active and user.is_staff)
+
+
+@require_safe
 async def stats(request: HttpRequest) -> HttpResponse:
     try:
         snapshot = await sync_to_async(stats_snapshot, thread_sensitive=False)()
@@ -39,6 +44,7 @@ async def stats(request: HttpRequest) -> HttpResponse:
     return JsonResponse(snapshot)
 
 
+@require_safe
 async def prometheus_metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus text format: counters, gauges and the latency histogram, shared by every process."""
     try:
@@ -86,17 +92,12 @@ def _requested_count(request: HttpRequest) -> int:
     return raw
 
 
+@require_methods("POST")
 async def simulate(request: HttpRequest) -> HttpResponse:
     """POST {count}: generate a burst server-side through the API's batcher; 202 once queued."""
-    if request.method != "POST":
-        response = JsonResponse({"detail": "use POST"}, status=405)
-        response["Allow"] = "POST"
-        return response
-    if settings.INGEST_API_KEYS:
-        # Writes need a key when keys are configured: from the dashboard, a staff session stands in.
-        user = await request.auser()
-        if not (user.is_active and user.is_staff):
-            return _answer(request, 403, "with INGEST_API_KEYS set, only staff may simulate bursts")
+    # Writes need a key when keys are configured: from the dashboard, a staff session stands in.
+    if settings.INGEST_API_KEYS and not await _is_staff(request):
+        return _answer(request, 403, "with INGEST_API_KEYS set, only staff may simulate bursts")
     try:
         count = _requested_count(request)
     except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested past the parser's depth
@@ -110,14 +111,10 @@ async def simulate(request: HttpRequest) -> HttpResponse:
     return _answer(request, 202, f"Queued {count:,} simulated messages.", accepted=count, status="queued")
 
 
+@require_methods("DELETE")
 async def reset(request: HttpRequest) -> HttpResponse:
     """DELETE: empty the messages and dead letters and zero the counters (staff only)."""
-    if request.method != "DELETE":
-        response = JsonResponse({"detail": "use DELETE"}, status=405)
-        response["Allow"] = "DELETE"
-        return response
-    user = await request.auser()
-    if not (user.is_active and user.is_staff):
+    if not await _is_staff(request):
         return _answer(request, 403, "only staff may reset the pipeline")
     try:
         await sync_to_async(messages_reset)()

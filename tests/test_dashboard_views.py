@@ -22,7 +22,7 @@ from rq.serializers import JSONSerializer
 
 from messages_app import services
 from messages_app.models import Message
-from metrics_app import metrics
+from telemetry import metrics
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,8 +7,8 @@ import random
 import pytest
 import redis as redis_lib
 
-from metrics_app import metrics
-from metrics_app.metrics import LATENCY_BUCKETS_MS, histogram_percentile, latency_bucket, window_summary
+from telemetry import metrics
+from telemetry.metrics import LATENCY_BUCKETS_MS, histogram_percentile, latency_bucket, window_summary
 
 NOW = 1_800_000_000.5  # a fixed instant, so the windows below are exact
 

@@ -18,28 +18,32 @@ from django.urls import URLPattern, URLResolver
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as openapi_validate
 
+from ingestor_site import urls as site_urls
 from ingestor_site.asgi import application
-from messages_app import urls as messages_urls
+from ingestor_site.openapi import OPENAPI_SCHEMA
 from messages_app.models import Message
-from messages_app.openapi import OPENAPI_SCHEMA
-from messages_app.services import redis_connection
 from messages_app.validation import message_validate
-from metrics_app import metrics
-from metrics_app import urls as metrics_urls
+from telemetry import metrics
+from telemetry.connection import redis_connection
 
-# Routes of the two apps that are not JSON, and so need no OpenAPI entry.
+# Routes of the site that are not JSON, and so need no OpenAPI entry.
 NOT_JSON = {"/": "the HTML dashboard"}
+# Included URLconfs of Django's and django-rq's own pages (HTML, staff only).
+NOT_OURS = ("admin/",)
 
 
-def _routes() -> set[str]:
-    """Every route of the two apps' URLconfs, written as OpenAPI paths (`<int:id>` -> `{id}`)."""
-    routes = set()
-    for module in (messages_urls, metrics_urls):
-        for pattern in module.urlpatterns:
-            assert isinstance(pattern, URLPattern), f"nested URLconf {pattern!r}: extend this test"
-            assert not isinstance(pattern, URLResolver)
-            route = "/" + str(pattern.pattern)
-            routes.add(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route))
+def _routes(patterns: list[Any] | None = None, prefix: str = "/") -> set[str]:
+    """Every route of the site's URLconf, written as OpenAPI paths (`<int:id>` -> `{id}`)."""
+    routes: set[str] = set()
+    pattern: Any
+    for pattern in site_urls.urlpatterns if patterns is None else patterns:
+        route = prefix + str(pattern.pattern)
+        if isinstance(pattern, URLResolver):
+            if not str(pattern.pattern).startswith(NOT_OURS):
+                routes |= _routes(pattern.url_patterns, route)
+            continue
+        assert isinstance(pattern, URLPattern)
+        routes.add(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route))
     return routes
 
 

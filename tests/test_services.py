@@ -22,7 +22,7 @@ from rq.serializers import JSONSerializer
 from messages_app import services
 from messages_app.models import BIGINT_MAX, DeadLetter, Message
 from messages_app.services import PERSIST_RETRY, batch_enqueue, messages_persist, messages_reset
-from metrics_app import metrics
+from telemetry import metrics
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

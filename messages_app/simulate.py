@@ -1,4 +1,4 @@
-"""Writes the dashboard triggers: a simulated burst of messages."""
+"""A simulated burst of messages through the API's own batcher: what the dashboard's button does."""
 
 from __future__ import annotations
 

@@ -204,3 +204,12 @@ def derived_refresh(redis: Any, *, now: float | None = None) -> dict[str, float]
     }
     redis.mset(derived)
     return derived
+
+
+def metrics_reset(redis: Any) -> None:
+    """Zero the counters and forget the per-second history (the rq queue itself is left alone)."""
+    with redis.pipeline() as pipe:
+        pipe.delete(*RESET_KEYS)
+        for key in redis.scan_iter(match=f"{SECOND_KEY_PREFIX}*", count=1000):
+            pipe.delete(key)
+        pipe.execute()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from messages_app.models import BIGINT_MAX, CONTENT_MAX_CHARS
-from metrics_app.services import SIMULATE_MAX
+from messages_app.simulate import SIMULATE_MAX
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 

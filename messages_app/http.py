@@ -1,0 +1,49 @@
+"""JSON answers shared by every JSON door: the API here, the dashboard's /stats, /metrics and
+buttons, the site's /openapi.json. Those doors run without Django's middleware or answer scripts,
+so errors are JSON with a `detail`, never Django's HTML pages."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+RETRY_AFTER_S = "1"
+
+AsyncView = Callable[[HttpRequest], Coroutine[Any, Any, HttpResponse]]
+
+
+def json_error(status: int, detail: str, **extra: Any) -> JsonResponse:
+    """`{"detail": ..., **extra}` with `status`; a 503 also says when to retry."""
+    response = JsonResponse({"detail": detail, **extra}, status=status)
+    if status == 503:
+        response["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
+def method_not_allowed(request: HttpRequest, allowed: str) -> JsonResponse:
+    response = json_error(405, f"method {request.method} not allowed; use {allowed}")
+    response["Allow"] = allowed
+    return response
+
+
+def require_methods(*methods: str) -> Callable[[AsyncView], AsyncView]:
+    """Django's require_http_methods for async JSON views: a JSON 405 with `Allow`, not HTML."""
+    allowed = ", ".join(methods)
+
+    def decorator(view: AsyncView) -> AsyncView:
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest) -> HttpResponse:
+            if request.method not in methods:
+                return method_not_allowed(request, allowed)
+            return await view(request)
+
+        return wrapper
+
+    return decorator
+
+
+# Django's require_safe, answering in JSON.
+require_safe = require_methods("GET", "HEAD")
