@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format check-python bench clean
+.PHONY: install run test test-fast lint format check-python bench clean
 
 check-python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ingestor needs Python >= 3.11; set PYTHON=python3.11 (or newer)")'
@@ -34,6 +34,10 @@ format: install
 
 test: lint
 	$(PY) -m ingestor_site.stack exec -- $(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast lane: lint and every test that needs no live server subprocess (about a minute).
+test-fast: lint
+	$(PY) -m ingestor_site.stack exec -- $(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 # Regenerates BENCHMARKS.md (own embedded PostgreSQL/Redis, the load generator and wrk; ~10 min).
 bench: install
