@@ -21,8 +21,9 @@ from messages_app.batcher import Overloaded
 from messages_app.http import json_error, require_methods, require_safe
 from messages_app.services import messages_reset
 from messages_app.simulate import SIMULATE_MAX, burst_simulate
-from metrics_app.dashboard import batches_rows, cards_build, dashboard_page_state, messages_rows
+from metrics_app.broadcaster import dashboard_page_state
 from metrics_app.exposition import CONTENT_TYPE, prometheus_render
+from metrics_app.panels import batches_rows, cards_build, messages_rows
 from metrics_app.selectors import prometheus_read, stats_snapshot
 
 
