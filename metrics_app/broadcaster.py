@@ -109,7 +109,7 @@ class StatsBroadcaster:
             {
                 "type": "snapshot",
                 "stats": state.stats,
-                "series": self.history.series(state.stats["queue_length"]),
+                "series": self.history.series(),
                 "html": panels_render(stats=state.stats, batches=state.batches, messages=state.messages),
             }
         )
@@ -117,6 +117,8 @@ class StatsBroadcaster:
     async def _run(self) -> None:
         redis = redis_async_connect()
         self._redis = redis
+        # While stopped, nobody re-read the last seconds this task had read: read them afresh.
+        self.history.reads_forget()
         try:
             while True:
                 if self.subscribers == 0:
@@ -161,7 +163,7 @@ class StatsBroadcaster:
         if reset:
             # Counters went down: someone reset the pipeline; the cached seconds are gone from Redis.
             history.clear()
-        history.read_add(seconds=read.seconds, now=now)
+        history.read_add(seconds=read.seconds, queue=read.counters[metrics.QUEUE_LENGTH], now=now)
 
         stats = stats_build(counters=read.counters, workers=read.workers, seconds=history.seconds, now=now)
         new_batches = 0 if previous is None else stats["total_batches"] - previous["total_batches"]
@@ -169,7 +171,7 @@ class StatsBroadcaster:
         messages = self.state.messages if self.state is not None else []
         if previous is None or reset or new_batches > 0:
             messages = await messages_recent(limit=TABLE_ROWS, fallback=messages)
-        points = history.points_settle(now, stats["queue_length"], first=previous is None)
+        points = history.points_settle(now, first=previous is None)
         self.state = DashboardState(stats=stats, batches=batches, messages=messages, read_at=now)
         self._ready.set()
 

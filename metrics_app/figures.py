@@ -11,15 +11,18 @@ from telemetry import metrics
 def stats_build(
     *, counters: Mapping[str, int], workers: int, seconds: Mapping[int, Mapping[str, float]], now: float
 ) -> dict[str, Any]:
-    """Cumulative counters, rates over the last RATE_WINDOW_S, latency over the last LATENCY_WINDOW_S."""
+    """Cumulative counters, rates over the last RATE_WINDOW_S, latency and batch size over the
+    last LATENCY_WINDOW_S complete seconds."""
     rate_seconds = metrics.seconds_window(now, metrics.RATE_WINDOW_S)
     rate = metrics.window_summary(seconds.get(s, {}) for s in rate_seconds)
     latency_seconds = metrics.seconds_window(now, metrics.LATENCY_WINDOW_S)
     latency = metrics.window_summary(seconds.get(s, {}) for s in latency_seconds)
     window = float(metrics.RATE_WINDOW_S)
     persisted_per_s = round(rate.get("persisted", 0.0) / window, 1)
-    total_messages = counters[metrics.TOTAL_MESSAGES]
-    total_batches = counters[metrics.TOTAL_BATCHES]
+    # Batches come a few a second at most: over the rate window their average size would jump
+    # about, so it shares the latency window. Dead letters count: they were in the job too.
+    window_batches = int(latency.get("batches", 0))
+    window_batched = latency.get("persisted", 0.0) + latency.get("dead", 0.0)
     return {
         "total_messages": counters[metrics.TOTAL_MESSAGES],
         "total_batches": counters[metrics.TOTAL_BATCHES],
@@ -32,7 +35,8 @@ def stats_build(
         "errors_4xx_per_s": round(rate.get("4xx", 0.0) / window, 1),
         "errors_5xx_per_s": round((rate.get("5xx", 0.0) + rate.get("503", 0.0)) / window, 1),
         "overloaded_per_s": round(rate.get("503", 0.0) / window, 1),
-        "avg_batch_size": round(total_messages / total_batches, 1) if total_batches else 0.0,
+        "window_batches": window_batches,
+        "avg_batch_size": round(window_batched / window_batches, 1) if window_batches else 0.0,
         "latency_samples": int(latency.get("lat_count", 0)),
         "avg_latency_ms": round(latency["avg_latency_ms"], 2),
         "p50_latency_ms": round(latency["p50_latency_ms"], 2),

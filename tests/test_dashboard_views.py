@@ -216,6 +216,12 @@ def test_reset_needs_the_csrf_token_the_page_sends(
 def test_dashboard_renders_the_figures_with_separators(
     redis_client: redis_lib.Redis, collected_static: None
 ) -> None:
+    # Three recent batches, then lifetime totals far from them: 1,234,567 messages in 1,000 batches.
+    with redis_client.pipeline() as pipe:
+        for size in (200, 300, 450):
+            metrics.batch_record(pipe, size=size, inserted=size, dead=0, latencies_ms=[5.0] * size,
+                                 duration_s=0.01, worker="w1", now=time.time() - 2)  # fmt: skip
+        pipe.execute()
     redis_client.mset({metrics.TOTAL_MESSAGES: 1_234_567, metrics.TOTAL_BATCHES: 1_000,
                        metrics.QUEUE_LENGTH: 4_321})  # fmt: skip
 
@@ -225,7 +231,9 @@ def test_dashboard_renders_the_figures_with_separators(
     page = response.content.decode()
     assert '<data class="value" value="1234567">1,234,567</data>' in page
     assert '<data class="value" value="4321">4,321</data>' in page
-    assert '<data class="value" value="1234.6">1,235</data>' in page  # average batch size
+    # The average batch size of the recent window (950 / 3), not the lifetime one (1,234.6).
+    assert '<data class="value" value="316.7">317</data>' in page
+    assert f"per batch, last {metrics.LATENCY_WINDOW_S} s" in page
     assert 'hx-ext="ws,dashboard-frames"' in page and 'ws-connect="/ws/stats"' in page
     for asset in ("django_htmx/htmx-2.min.js", "django_htmx/ext/hx-ws-2.min.js", "vendor/chart.umd.min.js",
                   "dashboard/dashboard.js", "dashboard/dashboard.css"):  # fmt: skip
