@@ -16,12 +16,16 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.templatetags.static import static
 from django.test import Client, override_settings
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from messages_app import services
 from messages_app.models import Message
+from metrics_app.exposition import PipelineCollector
+from metrics_app.selectors import PrometheusRead
 from telemetry import metrics
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -94,6 +98,47 @@ def test_metrics_start_at_zero_on_an_empty_pipeline(redis_client: redis_lib.Redi
     assert families["ingestor_messages_persisted"].samples[0].value == 0
     buckets = [s.value for s in families["ingestor_message_latency_seconds"].samples]
     assert set(buckets) == {0}
+
+
+def test_metrics_keep_their_names_types_and_help_texts(redis_client: redis_lib.Redis) -> None:
+    text = Client().get("/metrics").content.decode()
+    families = {
+        family.name: (family.type, family.documentation) for family in text_string_to_metric_families(text)
+    }
+    assert families == {
+        "ingestor_messages_accepted": ("counter", "Messages the API acknowledged (201) into the queue."),
+        "ingestor_messages_persisted": ("counter", "Messages committed to PostgreSQL."),
+        "ingestor_batches_persisted": ("counter", "Batches (rq jobs) committed to PostgreSQL."),
+        "ingestor_dead_letters": ("counter", "Messages PostgreSQL refused, kept in the dead-letter table."),
+        "ingestor_queue_messages": ("gauge", "Messages accepted and not yet persisted."),
+        "ingestor_workers": ("gauge", "rq workers registered on the ingest queue."),
+        "ingestor_persisted_per_second": (
+            "gauge", f"Messages persisted per second over the last {metrics.RATE_WINDOW_S} seconds."
+        ),
+        "ingestor_latency_window_seconds": (
+            "gauge", f"Receipt-to-commit latency over the last {metrics.LATENCY_WINDOW_S} seconds."
+        ),
+        "ingestor_message_latency_seconds": ("histogram", "Receipt-to-commit latency of every persisted message."),
+    }  # fmt: skip
+    # Counters carry the _total suffix; no _created series (they are families, not client Counters).
+    assert "ingestor_messages_accepted_total 0.0" in text
+    assert "_created" not in text
+    quantiles = [
+        line.split(" ")[0] for line in text.splitlines() if line.startswith("ingestor_latency_window")
+    ]
+    assert quantiles == [
+        f'ingestor_latency_window_seconds{{quantile="{q}"}}' for q in ("avg", "0.5", "0.95", "0.99")
+    ]
+
+
+def test_a_scrape_with_redis_down_raises_the_redis_error_the_view_answers_503_for() -> None:
+    def redis_down() -> PrometheusRead:
+        raise RedisConnectionError("Connection refused")
+
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector(read=redis_down))
+    with pytest.raises(RedisConnectionError):
+        generate_latest(registry)
 
 
 # /simulate
