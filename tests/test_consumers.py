@@ -60,7 +60,8 @@ def _communicator(
 
 
 async def _frame(communicator: WebsocketCommunicator, timeout: float = 5) -> dict[str, Any]:
-    return json.loads(await communicator.receive_from(timeout=timeout))
+    frame: dict[str, Any] = json.loads(await communicator.receive_from(timeout=timeout))
+    return frame
 
 
 async def _frame_of(
