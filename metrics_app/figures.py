@@ -11,8 +11,10 @@ from telemetry import metrics
 def stats_build(
     *, counters: Mapping[str, int], workers: int, seconds: Mapping[int, Mapping[str, float]], now: float
 ) -> dict[str, Any]:
-    """Cumulative counters, rates over the last RATE_WINDOW_S, latency and batch size over the
-    last LATENCY_WINDOW_S complete seconds."""
+    """The cards' numbers: cumulative counters, and windows of complete seconds.
+
+    Rates cover the last RATE_WINDOW_S seconds; latency and batch size the last LATENCY_WINDOW_S.
+    """
     rate_seconds = metrics.seconds_window(now, metrics.RATE_WINDOW_S)
     rate = metrics.window_summary(seconds.get(s, {}) for s in rate_seconds)
     latency_seconds = metrics.seconds_window(now, metrics.LATENCY_WINDOW_S)
