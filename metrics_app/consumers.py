@@ -6,14 +6,15 @@ from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from metrics_app.dashboard import StatsBroadcaster, broadcaster_for_loop
+from metrics_app.broadcaster import StatsBroadcaster, broadcaster_for_loop
 
 
-class StatsConsumer(AsyncWebsocketConsumer):
+# channels ships no type hints: its base class is Any to mypy.
+class StatsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     """Sends a snapshot on connect, then the broadcaster's frames: stats_update, batch_persisted.
 
     The socket reads nothing from Redis itself: the process's one broadcaster does, once per
-    frame, for every socket in its group (see metrics_app/dashboard.py).
+    frame, for every socket in its group (see metrics_app/broadcaster.py).
     """
 
     broadcaster: StatsBroadcaster | None = None

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import sync_to_async
+from django.db import DatabaseError
 from redis.asyncio import Redis as AsyncRedis
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
+from messages_app.selectors import messages_latest
 from messages_app.services import INGEST_QUEUE
 from telemetry import metrics
 from telemetry.connection import redis_connection
@@ -24,23 +28,21 @@ COUNTER_KEYS = (
 )
 WORKERS_KEY = WORKERS_BY_QUEUE_KEY % INGEST_QUEUE
 
+logger = logging.getLogger(__name__)
+
 
 def stats_snapshot(*, now: float | None = None) -> dict[str, Any]:
     """Counters and windowed gauges in one dict (the dashboard's, /stats' and the load test's view)."""
     now = time.time() if now is None else now
     redis = redis_connection()
     derived = metrics.derived_refresh(redis, now=now)
-    counters = (metrics.TOTAL_MESSAGES, metrics.TOTAL_BATCHES, metrics.QUEUE_LENGTH,
-                metrics.TOTAL_ACCEPTED, metrics.TOTAL_DEAD_LETTERS)  # fmt: skip
-    values = redis.mget(counters)
-    snapshot: dict[str, Any] = {name: int(value or 0) for name, value in zip(counters, values, strict=True)}
-    snapshot[metrics.QUEUE_LENGTH] = max(snapshot[metrics.QUEUE_LENGTH], 0)
-    snapshot.update(derived)
+    snapshot: dict[str, Any] = {**counters_parse(redis.mget(COUNTER_KEYS)), **derived}
     snapshot["timestamp"] = now
     return snapshot
 
 
 def counters_parse(values: list[Any]) -> dict[str, int]:
+    """An MGET of COUNTER_KEYS as name -> count."""
     counters = {name: int(value or 0) for name, value in zip(COUNTER_KEYS, values, strict=True)}
     # A reset while batches were in flight can leave the backlog counter below zero for a moment.
     counters[metrics.QUEUE_LENGTH] = max(counters[metrics.QUEUE_LENGTH], 0)
@@ -77,6 +79,20 @@ async def dashboard_read(*, redis: AsyncRedis, seconds: list[int], batches: int)
         recent_batches=[json.loads(item) for item in replies[2]],
         seconds={second: second_parse(raw) for second, raw in zip(seconds, replies[3:], strict=True)},
     )
+
+
+async def messages_recent(*, limit: int, fallback: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The latest stored messages; `fallback` (the last ones shown) while PostgreSQL does not answer.
+
+    Counters and charts come from Redis and stay live through a database outage.
+    """
+    try:
+        return await sync_to_async(messages_latest, thread_sensitive=False)(
+            limit=limit, channel_id=None, user_id=None
+        )
+    except DatabaseError as exc:
+        logger.warning("Dashboard could not read the latest messages: %s", exc)
+        return fallback
 
 
 @dataclass(frozen=True)

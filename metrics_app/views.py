@@ -21,9 +21,10 @@ from messages_app.batcher import Overloaded
 from messages_app.http import json_error, require_methods, require_safe
 from messages_app.services import messages_reset
 from messages_app.simulate import SIMULATE_MAX, burst_simulate
-from metrics_app.dashboard import batches_rows, cards_build, dashboard_page_state, messages_rows
-from metrics_app.exposition import CONTENT_TYPE, prometheus_render
-from metrics_app.selectors import prometheus_read, stats_snapshot
+from metrics_app.broadcaster import dashboard_page_state
+from metrics_app.exposition import CONTENT_TYPE, exposition_render
+from metrics_app.panels import batches_rows, cards_build, messages_rows
+from metrics_app.selectors import stats_snapshot
 
 
 def _unavailable(exc: Exception) -> JsonResponse:
@@ -48,10 +49,10 @@ async def stats(request: HttpRequest) -> HttpResponse:
 async def prometheus_metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus text format: counters, gauges and the latency histogram, shared by every process."""
     try:
-        read = await sync_to_async(prometheus_read, thread_sensitive=False)()
+        body = await sync_to_async(exposition_render, thread_sensitive=False)()
     except (RedisError, OSError) as exc:
         return _unavailable(exc)
-    return HttpResponse(prometheus_render(read), content_type=CONTENT_TYPE)
+    return HttpResponse(body, content_type=CONTENT_TYPE)
 
 
 async def dashboard(request: HttpRequest) -> HttpResponse:

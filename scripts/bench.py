@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from string import Template
 from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -371,27 +372,75 @@ def scenario_run(
     return scenario
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--runs", type=int, default=3, help="runs per scenario; figures are medians (default 3)"
-    )
-    parser.add_argument("--output", type=Path, default=BASE_DIR / "BENCHMARKS.md")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        say("wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)")
-        return 2
-    runs = args.runs
-    started = time.monotonic()
-    machine = machine_describe()
-    say(f"machine: {machine}")
-    watch = NeighbourWatch()
-    watch.start()
-    load_before = os.getloadavg()
+def scenarios_run(stack: Stack, database_url: str, redis_url: str, runs: int) -> dict[str, Scenario]:
+    """Every load-generator scenario, with one worker and then two: name -> its runs."""
     results: dict[str, Scenario] = {}
+
+    def scenario(name: str, *load_args: str) -> Scenario:
+        results[name] = scenario_run(name, stack, database_url, redis_url, runs, *load_args)
+        return results[name]
+
+    scenario("quick", "--quick", "--verify")
+    stress = scenario("stress", "--stress", "--verify")
+    scenario("extreme", "--extreme", "--verify")
+    scenario(
+        "batch, 1 worker", "--batch-size", "1000", "--concurrent", "8", "--messages", "300000", "--verify"
+    )
+    # Capacity: what the pipeline sustains end to end (stored, not just acknowledged).
+    capacity = stress.median(persisted) or stress.median(throughput) or 500.0
+    half_rate = max(50, round(capacity * 0.5 / 50) * 50)
+    for share in (0.9, 0.5, 0.25):
+        rate = max(50, round(capacity * share / 50) * 50)
+        scenario(f"open model {rate:,} msg/s ({share:.0%})", "--rate", str(rate), "--duration", "20s",
+                 "--concurrent", "200", "--verify")  # fmt: skip
+
+    stack.workers_set(2)
+    scenario("stress, 2 workers", "--stress", "--verify")
+    scenario(f"open model {half_rate:,} msg/s (50%), 2 workers", "--rate", str(half_rate), "--duration",
+             "20s", "--concurrent", "200", "--verify")  # fmt: skip
+    scenario(
+        "batch, 2 workers", "--batch-size", "1000", "--concurrent", "8", "--messages", "300000", "--verify"
+    )
+    stack.workers_set(1)
+    return results
+
+
+def ceiling_measure(
+    stack: Stack, database_url: str, redis_url: str, runs: int, post_lua: Path
+) -> dict[str, list[dict[str, float]]]:
+    """The generator's own ceiling: a trivial endpoint, then the real one, next to wrk.
+
+    Each POST measurement starts from an empty queue, so no run pays for the previous run's backlog.
+    """
     ceiling: dict[str, list[dict[str, float]]] = {}
+
+    def fresh() -> None:
+        drain_wait(stack.url)
+        state_reset(database_url, redis_url)
+
+    for index in range(runs):
+        live = f"{stack.url}/health/live"
+        ceiling.setdefault("wrk GET /health/live", []).append(wrk(live, connections=64, duration_s=5))
+        for processes in (1, 2):
+            run = load_test(stack.url, database_url, "--path", "/health/live", "--concurrent", "64",
+                            "--duration", "5s", "--processes", str(processes))  # fmt: skip
+            ceiling.setdefault(f"load_test.py GET /health/live, {processes} process(es)", []).append(
+                _ceiling_figures(run)
+            )
+        fresh()
+        ceiling.setdefault("wrk POST /messages", []).append(
+            wrk(f"{stack.url}/messages", connections=64, duration_s=5, script=post_lua)
+        )
+        fresh()
+        run = load_test(stack.url, database_url, "--concurrent", "64", "--duration", "5s")
+        ceiling.setdefault("load_test.py POST /messages", []).append(_ceiling_figures(run))
+        say(f"ceiling run {index + 1}/{runs}: " + ", ".join(
+            f"{name} {figures[-1]['requests_per_s']:,.0f}/s" for name, figures in ceiling.items()))  # fmt: skip
+    return ceiling
+
+
+def benchmark_run(runs: int) -> tuple[dict[str, Scenario], dict[str, list[dict[str, float]]]]:
+    """Fresh services and stack; the scenarios, then the generator's ceiling."""
     with tempfile.TemporaryDirectory() as scratch, services() as (database_url, redis_url):
         post_lua = Path(scratch) / "post.lua"
         post_lua.write_text(POST_LUA)
@@ -406,80 +455,52 @@ def main() -> int:
         try:
             # Warm-up: connections, pools, the first compiled queries.
             load_test(stack.url, database_url, "--messages", "2000", "--concurrent", "50")
-
-            def scenario(name: str, *load_args: str) -> Scenario:
-                results[name] = scenario_run(name, stack, database_url, redis_url, runs, *load_args)
-                return results[name]
-
-            scenario("quick", "--quick", "--verify")
-            stress = scenario("stress", "--stress", "--verify")
-            scenario("extreme", "--extreme", "--verify")
-            scenario(
-                "batch, 1 worker",
-                "--batch-size",
-                "1000",
-                "--concurrent",
-                "8",
-                "--messages",
-                "300000",
-                "--verify",
-            )
-            # Capacity: what the pipeline sustains end to end (stored, not just acknowledged).
-            capacity = stress.median(persisted) or stress.median(throughput) or 500.0
-            half_rate = max(50, round(capacity * 0.5 / 50) * 50)
-            for share in (0.9, 0.5, 0.25):
-                rate = max(50, round(capacity * share / 50) * 50)
-                scenario(f"open model {rate:,} msg/s ({share:.0%})", "--rate", str(rate), "--duration", "20s",
-                         "--concurrent", "200", "--verify")  # fmt: skip
-
-            stack.workers_set(2)
-            scenario("stress, 2 workers", "--stress", "--verify")
-            scenario(f"open model {half_rate:,} msg/s (50%), 2 workers", "--rate", str(half_rate), "--duration",
-                     "20s", "--concurrent", "200", "--verify")  # fmt: skip
-            scenario(
-                "batch, 2 workers",
-                "--batch-size",
-                "1000",
-                "--concurrent",
-                "8",
-                "--messages",
-                "300000",
-                "--verify",
-            )
-            stack.workers_set(1)
-
-            # The generator's own ceiling: a trivial endpoint, then the real one, next to wrk. Each POST
-            # measurement starts from an empty queue, so no run pays for the previous run's backlog.
-            def fresh() -> None:
-                drain_wait(stack.url)
-                state_reset(database_url, redis_url)
-
-            for index in range(runs):
-                live = f"{stack.url}/health/live"
-                ceiling.setdefault("wrk GET /health/live", []).append(wrk(live, connections=64, duration_s=5))
-                for processes in (1, 2):
-                    run = load_test(stack.url, database_url, "--path", "/health/live", "--concurrent", "64",
-                                    "--duration", "5s", "--processes", str(processes))  # fmt: skip
-                    ceiling.setdefault(f"load_test.py GET /health/live, {processes} process(es)", []).append(
-                        _ceiling_figures(run)
-                    )
-                fresh()
-                ceiling.setdefault("wrk POST /messages", []).append(
-                    wrk(f"{stack.url}/messages", connections=64, duration_s=5, script=post_lua)
-                )
-                fresh()
-                run = load_test(stack.url, database_url, "--concurrent", "64", "--duration", "5s")
-                ceiling.setdefault("load_test.py POST /messages", []).append(_ceiling_figures(run))
-                say(f"ceiling run {index + 1}/{runs}: " + ", ".join(
-                    f"{name} {figures[-1]['requests_per_s']:,.0f}/s" for name, figures in ceiling.items()))  # fmt: skip
+            results = scenarios_run(stack, database_url, redis_url, runs)
+            ceiling = ceiling_measure(stack, database_url, redis_url, runs, post_lua)
         finally:
             stack.stop()
+    return results, ceiling
+
+
+def arguments_parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--runs", type=int, default=3, help="runs per scenario; figures are medians (default 3)"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=BASE_DIR / "BENCHMARKS.md", help="where to write the report"
+    )
+    return parser.parse_args(argv)
+
+
+def main() -> int:
+    args = arguments_parse()
+    if shutil.which("wrk") is None:
+        say("wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)")
+        return 2
+    started = time.monotonic()
+    machine = machine_describe()
+    say(f"machine: {machine}")
+    watch = NeighbourWatch()
+    watch.start()
+    load_before = os.getloadavg()
+    results, ceiling = benchmark_run(args.runs)
     watch.stop()
-    load_after = os.getloadavg()
     minutes = (time.monotonic() - started) / 60
-    text = markdown(results, ceiling, machine=machine, runs=runs, minutes=minutes,
-                    neighbours=watch, load=(load_before, load_after))  # fmt: skip
-    args.output.write_text(text)
+    report = Report(
+        scenarios=results,
+        ceiling=ceiling,
+        machine=machine,
+        runs=args.runs,
+        minutes=minutes,
+        neighbours=neighbours_summarise(watch),
+        load_before=load_before[0],
+        load_after=os.getloadavg()[0],
+        generated_at=datetime.now(tz=UTC),
+    )
+    args.output.write_text(report_render(report))
     say(f"wrote {args.output} in {minutes:.1f} min")
     return 0
 
@@ -497,59 +518,85 @@ def _ceiling_figures(run: Run) -> dict[str, float]:
 
 # --- the report ----------------------------------------------------------------------------------
 
+REPORT_TEMPLATE = BASE_DIR / "scripts" / "templates" / "BENCHMARKS.md.tmpl"
+# The one sentence of the report that depends on what was measured, in its two forms.
+NEIGHBOURS_BUSY = Template(
+    "- **Other processes were running** (other work on this shared machine): sampled for 2 s every "
+    "$every_s s, they used on average $mean% of a core (of $capacity%), so every figure carries their "
+    "noise. The busiest:"
+)
+NEIGHBOURS_QUIET = Template(
+    "- No other process used 5% of a core or more in any of the $samples samples taken during the benchmark."
+)
 
-def markdown(
-    results: dict[str, Scenario],
-    ceiling: dict[str, list[dict[str, float]]],
-    *,
-    machine: dict[str, Any],
-    runs: int,
-    minutes: float,
-    neighbours: NeighbourWatch,
-    load: tuple[tuple[float, float, float], tuple[float, float, float]],
-) -> str:
-    now = datetime.now(tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Generated by `make bench` (`scripts/bench.py`) on {now}, in {minutes:.1f} minutes. Every figure is the "
-        f"median of {runs} runs (min–max in brackets where it helps). Regenerate with `make bench`; do not edit by hand.",
-        "",
-        "## Machine",
-        "",
-        f"- {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB memory, {machine['os']}",
-        f"- Python {machine['python']}",
-        f"- Load average before / after: {load[0][0]:.2f} / {load[1][0]:.2f} (1 min)",
-    ]
-    others_mean, others = neighbours.summary()
-    if others:
-        lines.append(f"- **Other processes were running** (other work on this shared machine): sampled for 2 s every "
-                     f"{neighbours.every_s:.0f} s, they used on average {others_mean:.0f}% of a core (of "
-                     f"{machine['cpus'] * 100}%), so every figure carries their noise. The busiest:")  # fmt: skip
-        lines += [f"  - {entry}" for entry in others]
-    else:
-        lines.append(f"- No other process used 5% of a core or more in any of the {len(neighbours.samples)} samples "
-                     "taken during the benchmark.")  # fmt: skip
-    lines += [
-        "",
-        "## Set-up",
-        "",
-        f"Embedded PostgreSQL 18 (fsync on) and Valkey 8 (append-only file, fsync every second), fresh for the "
-        f"benchmark; the web server as `make run` starts it (granian, {WEB_PROCESSES} processes, "
-        "BATCH_SIZE / BATCH_LINGER_MS defaults) and one rq worker unless a row says two; LOG_LEVEL=WARNING. "
-        "The load generator runs on the same two cores as everything else, so every figure includes its "
-        "cost. Tables and Redis are emptied before every run. `--verify` checks every acknowledged id "
-        "in PostgreSQL after the queue drains; *receipt → commit* is `inserted_at − created_at` of those rows.",
-        "",
-        "## Load generator scenarios",
-        "",
-        "| scenario | msg/s acknowledged | success | client p50 / p95 / p99 ms | lost / duplicated (all runs) "
-        "| receipt → commit p50 / p99 ms | msg/s persisted |",
-        "|---|---|---|---|---|---|---|",
-    ]
+
+@dataclass(frozen=True)
+class Neighbours:
+    """What the other processes on the machine used while the benchmark ran."""
+
+    mean_percent: float
+    busiest: list[str]
+    samples: int
+    every_s: float
+
+
+def neighbours_summarise(watch: NeighbourWatch) -> Neighbours:
+    mean, busiest = watch.summary()
+    return Neighbours(mean_percent=mean, busiest=busiest, samples=len(watch.samples), every_s=watch.every_s)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything BENCHMARKS.md states."""
+
+    scenarios: dict[str, Scenario]
+    ceiling: dict[str, list[dict[str, float]]]
+    machine: dict[str, Any]
+    runs: int
+    minutes: float
+    neighbours: Neighbours
+    load_before: float
+    load_after: float
+    generated_at: datetime
+
+
+def report_render(report: Report) -> str:
+    """BENCHMARKS.md: the template's prose around the measured figures and tables."""
+    machine = report.machine
+    return Template(REPORT_TEMPLATE.read_text()).substitute(
+        generated_at=report.generated_at.strftime("%Y-%m-%d %H:%M UTC"),
+        minutes=f"{report.minutes:.1f}",
+        runs=report.runs,
+        cpus=machine["cpus"],
+        cpu_model=machine["cpu_model"],
+        memory_gib=machine["memory_gib"],
+        os=machine["os"],
+        python=machine["python"],
+        load_before=f"{report.load_before:.2f}",
+        load_after=f"{report.load_after:.2f}",
+        neighbours=neighbours_lines(report.neighbours, cpus=machine["cpus"]),
+        web_processes=WEB_PROCESSES,
+        scenario_rows="\n".join(scenario_rows(report.scenarios)),
+        target_rows="\n".join(target_rows(report.scenarios)),
+        ceiling_rows="\n".join(ceiling_rows(report.ceiling)),
+    )
+
+
+def neighbours_lines(neighbours: Neighbours, *, cpus: int) -> str:
+    if not neighbours.busiest:
+        return NEIGHBOURS_QUIET.substitute(samples=neighbours.samples)
+    sentence = NEIGHBOURS_BUSY.substitute(
+        every_s=f"{neighbours.every_s:.0f}", mean=f"{neighbours.mean_percent:.0f}", capacity=cpus * 100
+    )
+    return "\n".join([sentence, *(f"  - {entry}" for entry in neighbours.busiest)])
+
+
+def scenario_rows(results: dict[str, Scenario]) -> list[str]:
+    """The scenarios table: medians, with the spread of the runs where it helps."""
+    rows = []
     for name, scenario in results.items():
         success = scenario.values(success_rate)
-        lines.append(
+        rows.append(
             f"| {name} | {spread(scenario, throughput)} | {fmt(min(success) if success else None, 2)}% "
             f"| {fmt(scenario.median(client('p50')), 1)} / {fmt(scenario.median(client('p95')), 1)} / "
             f"{fmt(scenario.median(client('p99')), 1)} "
@@ -557,33 +604,12 @@ def markdown(
             f"| {fmt(scenario.median(e2e('p50')), 1)} / {fmt(scenario.median(e2e('p99')), 1)} "
             f"| {spread(scenario, persisted)} |"
         )
-    lines += [
-        "",
-        "Scenarios: `quick` = 1,000 messages / 50 concurrent, `stress` = 10,000 / 200, `extreme` = 50,000 / 500 "
-        "(`POST /messages`, closed model); `batch` = 300,000 messages in `POST /messages/batch` requests of "
-        "1,000, 8 concurrent; `open model` = `--rate R --duration 20s`, latency from each request's due time "
-        "(no coordinated omission), R = 90%, 50% and 25% of capacity, taken as the stress preset's median "
-        "*persisted* msg/s (what the pipeline sustains end to end, not just what it acknowledges). *Success* is "
-        "the lowest of the runs. *msg/s persisted* = rows / (last commit − first receipt). Where it is below "
-        "*acknowledged*, the workers fell behind during the run, and receipt → commit includes the time "
-        "messages waited in the queue for them.",
-        "",
-        "## Targets (issue 3)",
-        "",
-        "| target | figure | met |",
-        "|---|---|---|",
-    ]
-    lines += _targets(results)
-    lines += [
-        "",
-        "## The generator's own ceiling, next to wrk",
-        "",
-        "wrk (`-t1`, C) against the same server, same connections, 5 s per run. *CPU* is the client's own CPU "
-        "time over the run (100% = one core): what it takes away from the server on a shared machine.",
-        "",
-        "| client | requests/s | p50 / p99 ms | client CPU | non-2xx |",
-        "|---|---|---|---|---|",
-    ]
+    return rows
+
+
+def ceiling_rows(ceiling: dict[str, list[dict[str, float]]]) -> list[str]:
+    """The ceiling table: each client's median figures over the runs."""
+    rows = []
     for name, figures in ceiling.items():
 
         def median_of(key: str, figures: list[dict[str, float]] = figures) -> float | None:
@@ -591,24 +617,16 @@ def markdown(
             return statistics.median(values) if values else None
 
         rates = [entry["requests_per_s"] for entry in figures]
-        lines.append(
+        rows.append(
             f"| {name} | {statistics.median(rates):,.0f} ({min(rates):,.0f}–{max(rates):,.0f}) "
             f"| {fmt(median_of('p50'), 1)} / {fmt(median_of('p99'), 1)} | {fmt(median_of('cpu_percent'))}% "
             f"| {fmt(median_of('non_2xx'))} |"
         )
-    lines += [
-        "",
-        "`GET /health/live` answers without touching Redis or PostgreSQL: there the client's cost per request "
-        "is what limits it, and a Python client costs far more CPU per request than wrk. Against "
-        "`POST /messages` the server does the heavy work, and the gap to wrk is what the generator's CPU "
-        "and its event loop's response time cost the server on a shared 2-core machine; `--processes` "
-        "spreads the client over more cores where there are any.",
-        "",
-    ]
-    return "\n".join(lines)
+    return rows
 
 
-def _targets(results: dict[str, Scenario]) -> list[str]:
+def target_rows(results: dict[str, Scenario]) -> list[str]:
+    """The targets table: each target, the figure that answers it, and whether it is met."""
     rows = []
     extreme = results.get("extreme")
     if extreme:

@@ -24,8 +24,8 @@ from rq.timeouts import TimerDeathPenalty
 
 from messages_app import services
 from messages_app.worker import IngestWorker
-from metrics_app import dashboard
-from metrics_app.dashboard import broadcaster_for_loop
+from metrics_app import broadcaster as broadcaster_module
+from metrics_app.broadcaster import broadcaster_for_loop
 from metrics_app.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -60,7 +60,8 @@ def _communicator(
 
 
 async def _frame(communicator: WebsocketCommunicator, timeout: float = 5) -> dict[str, Any]:
-    return json.loads(await communicator.receive_from(timeout=timeout))
+    frame: dict[str, Any] = json.loads(await communicator.receive_from(timeout=timeout))
+    return frame
 
 
 async def _frame_of(
@@ -221,7 +222,7 @@ async def test_many_sockets_share_one_redis_read_per_frame() -> None:
 async def test_an_idle_socket_outlives_the_redis_client_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     """redis-py 8's 5 s socket timeout made channels-redis drop sockets idle for ~5 s (#422)."""
     # One frame at start, then the broadcaster sleeps: the socket's channel-layer read is idle.
-    monkeypatch.setattr(dashboard, "FRAME_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(broadcaster_module, "FRAME_INTERVAL_S", 3600.0)
     communicator = _communicator()
     await communicator.connect()
     assert (await _frame(communicator))["type"] == "snapshot"

@@ -4,7 +4,9 @@ server (granian) and a real rq worker, as an operator would watch it during a lo
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,15 @@ def _chart_points(page: Page, chart: str) -> int:
     return int(page.evaluate(f"() => window.dashboardCharts.{chart}.data.labels.length"))
 
 
+def _charted_seconds(page: Page) -> dict[str, tuple[float | None, float | None]]:
+    """Each second the charts show (label "HH:MM:SS", UTC) -> (queue depth, messages out)."""
+    rows = page.evaluate(
+        """() => { const c = window.dashboardCharts; return c.queue.data.labels.map(
+            (label, i) => [label, c.queue.data.datasets[0].data[i], c.throughput.data.datasets[1].data[i]]); }"""
+    )
+    return {label: (queue, out) for label, queue, out in rows}
+
+
 def test_a_simulated_burst_shows_live_without_reload(
     collected_static: None, live_stack: LiveStack, browser: Browser, output_dir: Path
 ) -> None:
@@ -89,10 +100,23 @@ def test_a_simulated_burst_shows_live_without_reload(
     assert live_stack.web is not None
     live_stack.web.terminate()
     live_stack.web.wait(timeout=20)
+    down_from = int(time.time()) + 1
     expect(page.locator("#connection")).to_have_attribute("data-state", "down", timeout=WAIT_MS)
     page.screenshot(path=str(output_dir / "dashboard-disconnected.png"))
+    time.sleep(2)  # so that whole seconds pass with no server to watch the queue
+    down_until = int(time.time())
     live_stack.web_start()
     expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
     expect(page.locator(_card(page, "total_messages"))).to_have_text("500")
     assert page.evaluate("() => window.sameDocument") is True
+    # Gaps are gaps: while no server ran, the workers' counts were still recorded (nothing went
+    # out: 0), but nobody saw the queue: those seconds are empty, not the depth read on return.
+    down = [datetime.fromtimestamp(s, tz=UTC).strftime("%H:%M:%S") for s in range(down_from, down_until)]
+    assert down
+    # The new server's snapshot replaces the charts' seconds with its own, the gap included.
+    page.wait_for_function(
+        "(label) => window.dashboardCharts.queue.data.labels.includes(label)", arg=down[-1], timeout=WAIT_MS
+    )
+    charted = _charted_seconds(page)
+    assert [charted[label] for label in down] == [(None, 0)] * len(down)
     assert errors == []

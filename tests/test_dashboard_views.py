@@ -16,12 +16,16 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.templatetags.static import static
 from django.test import Client, override_settings
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from messages_app import services
 from messages_app.models import Message
+from metrics_app.exposition import PipelineCollector
+from metrics_app.selectors import PrometheusRead
 from telemetry import metrics
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -94,6 +98,47 @@ def test_metrics_start_at_zero_on_an_empty_pipeline(redis_client: redis_lib.Redi
     assert families["ingestor_messages_persisted"].samples[0].value == 0
     buckets = [s.value for s in families["ingestor_message_latency_seconds"].samples]
     assert set(buckets) == {0}
+
+
+def test_metrics_keep_their_names_types_and_help_texts(redis_client: redis_lib.Redis) -> None:
+    text = Client().get("/metrics").content.decode()
+    families = {
+        family.name: (family.type, family.documentation) for family in text_string_to_metric_families(text)
+    }
+    assert families == {
+        "ingestor_messages_accepted": ("counter", "Messages the API acknowledged (201) into the queue."),
+        "ingestor_messages_persisted": ("counter", "Messages committed to PostgreSQL."),
+        "ingestor_batches_persisted": ("counter", "Batches (rq jobs) committed to PostgreSQL."),
+        "ingestor_dead_letters": ("counter", "Messages PostgreSQL refused, kept in the dead-letter table."),
+        "ingestor_queue_messages": ("gauge", "Messages accepted and not yet persisted."),
+        "ingestor_workers": ("gauge", "rq workers registered on the ingest queue."),
+        "ingestor_persisted_per_second": (
+            "gauge", f"Messages persisted per second over the last {metrics.RATE_WINDOW_S} seconds."
+        ),
+        "ingestor_latency_window_seconds": (
+            "gauge", f"Receipt-to-commit latency over the last {metrics.LATENCY_WINDOW_S} seconds."
+        ),
+        "ingestor_message_latency_seconds": ("histogram", "Receipt-to-commit latency of every persisted message."),
+    }  # fmt: skip
+    # Counters carry the _total suffix; no _created series (they are families, not client Counters).
+    assert "ingestor_messages_accepted_total 0.0" in text
+    assert "_created" not in text
+    quantiles = [
+        line.split(" ")[0] for line in text.splitlines() if line.startswith("ingestor_latency_window")
+    ]
+    assert quantiles == [
+        f'ingestor_latency_window_seconds{{quantile="{q}"}}' for q in ("avg", "0.5", "0.95", "0.99")
+    ]
+
+
+def test_a_scrape_with_redis_down_raises_the_redis_error_the_view_answers_503_for() -> None:
+    def redis_down() -> PrometheusRead:
+        raise RedisConnectionError("Connection refused")
+
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector(read=redis_down))
+    with pytest.raises(RedisConnectionError):
+        generate_latest(registry)
 
 
 # /simulate
@@ -216,6 +261,12 @@ def test_reset_needs_the_csrf_token_the_page_sends(
 def test_dashboard_renders_the_figures_with_separators(
     redis_client: redis_lib.Redis, collected_static: None
 ) -> None:
+    # Three recent batches, then lifetime totals far from them: 1,234,567 messages in 1,000 batches.
+    with redis_client.pipeline() as pipe:
+        for size in (200, 300, 450):
+            metrics.batch_record(pipe, size=size, inserted=size, dead=0, latencies_ms=[5.0] * size,
+                                 duration_s=0.01, worker="w1", now=time.time() - 2)  # fmt: skip
+        pipe.execute()
     redis_client.mset({metrics.TOTAL_MESSAGES: 1_234_567, metrics.TOTAL_BATCHES: 1_000,
                        metrics.QUEUE_LENGTH: 4_321})  # fmt: skip
 
@@ -225,7 +276,9 @@ def test_dashboard_renders_the_figures_with_separators(
     page = response.content.decode()
     assert '<data class="value" value="1234567">1,234,567</data>' in page
     assert '<data class="value" value="4321">4,321</data>' in page
-    assert '<data class="value" value="1234.6">1,235</data>' in page  # average batch size
+    # The average batch size of the recent window (950 / 3), not the lifetime one (1,234.6).
+    assert '<data class="value" value="316.7">317</data>' in page
+    assert f"per batch, last {metrics.LATENCY_WINDOW_S} s" in page
     assert 'hx-ext="ws,dashboard-frames"' in page and 'ws-connect="/ws/stats"' in page
     for asset in ("django_htmx/htmx-2.min.js", "django_htmx/ext/hx-ws-2.min.js", "vendor/chart.umd.min.js",
                   "dashboard/dashboard.js", "dashboard/dashboard.css"):  # fmt: skip

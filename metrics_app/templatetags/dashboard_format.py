@@ -19,13 +19,23 @@ def thousands(value: object) -> str:
 
 
 @register.filter
-def ms(value: object) -> str:
-    """Milliseconds: one decimal below 100, whole numbers (with separators) above."""
+def decimal(value: object) -> str:
+    """One decimal below 100, whole numbers (with separators) from 100: "7.5", "1,235"."""
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return str(value)
-    return f"{number:,.0f} ms" if number >= 100 else f"{number:,.1f} ms"
+    return f"{number:,.0f}" if number >= 100 else f"{number:,.1f}"
+
+
+@register.filter
+def ms(value: object) -> str:
+    """Milliseconds, as `decimal` shows them, with the unit: "7.5 ms", "1,235 ms"."""
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{decimal(value)} ms"
 
 
 @register.filter

@@ -105,19 +105,32 @@
     Object.keys(charts).forEach(function (name) { if (charts[name]) { fn(charts[name]); } });
   }
 
+  function pointPush(point) {
+    eachChart(function (chart) {
+      chart.data.labels.push(clock(point.t));
+      chart.data.datasets.forEach(function (dataset, i) {
+        var value = point[chart.$keys[i]];
+        dataset.data.push(value === undefined ? null : value);
+      });
+      if (chart.data.labels.length > MAX_POINTS) {
+        chart.data.labels.shift();
+        chart.data.datasets.forEach(function (dataset) { dataset.data.shift(); });
+      }
+    });
+    lastSecond = point.t;
+  }
+
   function pointsAppend(points) {
     var added = false;
     points.forEach(function (point) {
       if (lastSecond !== null && point.t <= lastSecond) { return; }
-      eachChart(function (chart) {
-        chart.data.labels.push(clock(point.t));
-        chart.data.datasets.forEach(function (dataset, i) { dataset.data.push(point[chart.$keys[i]]); });
-        if (chart.data.labels.length > MAX_POINTS) {
-          chart.data.labels.shift();
-          chart.data.datasets.forEach(function (dataset) { dataset.data.shift(); });
-        }
-      });
-      lastSecond = point.t;
+      // Gaps are gaps: a second the server sent nothing for is drawn empty (spanGaps: false), one
+      // label per second, so the x axis stays true to time instead of closing up around it.
+      if (lastSecond !== null) {
+        var from = Math.max(lastSecond + 1, point.t - MAX_POINTS);
+        for (var t = from; t < point.t; t++) { pointPush({ t: t }); }
+      }
+      pointPush(point);
       added = true;
     });
     // 'none': no animation; Chart.js redraws the canvas but keeps its data and scales.

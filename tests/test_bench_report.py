@@ -1,0 +1,123 @@
+"""BENCHMARKS.md's rendering (`scripts/bench.py`) on a small made-up result set: no benchmark run."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    """scripts/bench.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up by name while the class is built.
+    sys.modules["bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load_report(*, throughput: float, persisted: float, p99: float, e2e_p99: float) -> dict[str, Any]:
+    """What `scripts/load_test.py --json --verify` reports, reduced to the fields the report reads."""
+    return {
+        "throughput_msgs_per_s": throughput,
+        "success_rate": 100.0,
+        "latency_ms": {"p50": 10.0, "p95": 20.0, "p99": p99},
+        "e2e_latency_ms": {"p50": 12.5, "p99": e2e_p99},
+        "lost": 0,
+        "duplicated": 0,
+        "verify": {"persisted_throughput_msgs_per_s": persisted},
+    }
+
+
+def _report(bench: ModuleType, *, busy: list[str]) -> Any:
+    def scenario(name: str, *reports: dict[str, Any]) -> Any:
+        return bench.Scenario(name, runs=[bench.Run(report=report, client_cpu_s=1.0) for report in reports])
+
+    scenarios = {
+        "extreme": scenario(
+            "extreme",
+            _load_report(throughput=3_950.0, persisted=4_001.0, p99=242.7, e2e_p99=133.1),
+            _load_report(throughput=3_960.0, persisted=4_010.0, p99=240.0, e2e_p99=130.0),
+            _load_report(throughput=4_051.0, persisted=4_082.0, p99=250.0, e2e_p99=140.0),
+        ),
+        "batch, 1 worker": scenario(
+            "batch, 1 worker",
+            _load_report(throughput=111_369.0, persisted=54_835.0, p99=209.9, e2e_p99=2_865.0),
+        ),
+        "open model 1,900 msg/s (50%)": scenario(
+            "open model 1,900 msg/s (50%)",
+            _load_report(throughput=1_899.0, persisted=1_899.0, p99=38.7, e2e_p99=66.5),
+        ),
+    }
+    ceiling = {
+        "wrk GET /health/live": [
+            {"requests_per_s": 15_050.0, "p50": 3.9, "p99": 8.3, "non_2xx": 0.0, "cpu_percent": 19.0},
+            {"requests_per_s": 15_508.0, "p50": 3.9, "p99": 8.3, "non_2xx": 0.0, "cpu_percent": 19.0},
+            {"requests_per_s": 16_814.0, "p50": 3.9, "p99": 8.3, "non_2xx": 0.0, "cpu_percent": 19.0},
+        ]
+    }
+    return bench.Report(
+        scenarios=scenarios,
+        ceiling=ceiling,
+        machine={
+            "cpus": 2,
+            "cpu_model": "Test CPU",
+            "memory_gib": 23.5,
+            "python": "3.11.7",
+            "os": "Linux 6.1",
+        },
+        runs=3,
+        minutes=7.31,
+        neighbours=bench.Neighbours(mean_percent=42.0, busiest=busy, samples=26, every_s=15.0),
+        load_before=0.23,
+        load_after=4.36,
+        generated_at=datetime(2026, 11, 27, 17, 3, tzinfo=UTC),
+    )
+
+
+def test_the_report_puts_the_measured_figures_into_the_prose(bench: ModuleType) -> None:
+    text = bench.report_render(_report(bench, busy=[]))
+
+    assert text.startswith("# Benchmarks\n")
+    assert "on 2026-11-27 17:03 UTC, in 7.3 minutes" in text
+    assert "the median of 3 runs" in text
+    assert "- 2 CPUs (Test CPU), 23.5 GiB memory, Linux 6.1\n- Python 3.11.7\n" in text
+    assert "- Load average before / after: 0.23 / 4.36 (1 min)\n" in text
+    assert "in any of the 26 samples taken during the benchmark" in text
+    assert "(granian, 2 processes," in text
+    # Medians with the runs' spread, per scenario.
+    assert "| extreme | 3,960 (3,950–4,051) | 100.00% | 10.0 / 20.0 / 242.7 | 0 / 0 | 12.5 / 133.1 |" in text
+    assert "| batch, 1 worker | 111,369 (111,369–111,369) |" in text
+    # The targets, answered from those figures.
+    assert "| batch mode > 50,000 msg/s persisted | 54,835 msg/s persisted (best median) | yes |" in text
+    assert (
+        "| receipt → commit p99 < 100 ms at half capacity | 66.5 ms (open model 1,900 msg/s (50%)) | yes |"
+        in text
+    )
+    assert "| wrk GET /health/live | 15,508 (15,050–16,814) | 3.9 / 8.3 | 19% | 0 |" in text
+    assert "$" not in text, "every placeholder of the template is filled"
+    assert text.endswith("where there are any.\n")
+
+
+def test_the_report_names_the_busiest_other_processes_when_there_were_any(bench: ModuleType) -> None:
+    busy = ["`postgres: checkpointer`: in 3 of 26 samples, up to 40%"]
+    text = bench.report_render(_report(bench, busy=busy))
+
+    assert "every 15 s, they used on average 42% of a core (of 200%)" in text
+    assert "The busiest:\n  - `postgres: checkpointer`: in 3 of 26 samples, up to 40%\n" in text
+    assert "No other process" not in text
+    # Each table is whole: a header, a rule, then one row per line.
+    for table in re.findall(r"(?:^\|.*\|\n)+", text, flags=re.MULTILINE):
+        widths = {row.count(" | ") for row in table.splitlines() if not row.startswith("|---")}
+        assert len(widths) == 1, table
