@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def env_str(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+    """The variable's value; unset or empty gives `default`, as for the other helpers, so a
+    deployment can pass every variable through (`NAME: ${NAME:-}`) without overriding defaults."""
+    return os.environ.get(name) or default
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -50,38 +54,62 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
 
-def database_from_url(url: str) -> dict[str, object]:
-    """Translate postgres://user:pass@host:port/name into Django's DATABASES entry."""
-    parts = urlsplit(url)
-    if parts.scheme not in {"postgres", "postgresql"}:
-        raise ImproperlyConfigured(f"DATABASE_URL must start with postgres://, got {url!r}")
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": unquote(parts.path.lstrip("/")) or "postgres",
-        "USER": unquote(parts.username or ""),
-        "PASSWORD": unquote(parts.password or ""),
-        "HOST": parts.hostname or "",
-        "PORT": str(parts.port or ""),
-        # psycopg 3's pool: async views and workers share a few connections instead of opening
-        # one per concurrent request (64 concurrent requests opened 57 connections without it).
-        "CONN_MAX_AGE": 0,
-        "OPTIONS": {
-            "pool": {
-                "min_size": 1,
-                "max_size": env_int("DATABASE_POOL_SIZE", 8, minimum=1),
-                # Seconds a query waits for a connection before failing: with PostgreSQL down,
-                # the API answers 503 and a job goes back for retry after this, not later.
-                "timeout": env_int("DATABASE_POOL_TIMEOUT", 3, minimum=1),
-            },
-            "connect_timeout": 5,
-        },
+def database_from_url(url: str) -> dict[str, Any]:
+    """Django's DATABASES entry for postgres://user:pass@host:port/name?option=value.
+
+    dj-database-url parses it; every query option (sslmode, sslrootcert, options, application_name,
+    target_session_attrs...) reaches libpq as a connection parameter.
+    """
+    # The error never repeats the URL: it may carry a password into a log.
+    scheme = url.partition(":")[0] if ":" in url else ""
+    if scheme not in {"postgres", "postgresql"}:
+        raise ImproperlyConfigured(f"DATABASE_URL must start with postgres://, got {scheme or 'no'} scheme")
+    try:
+        config: dict[str, Any] = dict(dj_database_url.parse(url))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is not a valid URL: {exc}") from None
+    # libpq would default to the user's name; Django insists on a NAME (or a service file entry).
+    config["NAME"] = config["NAME"] or "postgres"
+    config["PORT"] = str(config["PORT"] or "")
+    # psycopg 3's pool: async views and workers share a few connections instead of opening one per
+    # concurrent request (64 concurrent requests opened 57 connections without it). Django refuses
+    # persistent connections together with its pool.
+    config["CONN_MAX_AGE"] = 0
+    options: dict[str, Any] = config.setdefault("OPTIONS", {})
+    options["pool"] = {
+        "min_size": 1,
+        "max_size": env_int("DATABASE_POOL_SIZE", 8, minimum=1),
+        # Seconds a query waits for a connection before failing: with PostgreSQL down, the API
+        # answers 503 and a job goes back for retry after this, not later.
+        "timeout": env_int("DATABASE_POOL_TIMEOUT", 3, minimum=1),
     }
+    options.setdefault("connect_timeout", 5)
+    return config
+
+
+# Local runs (`make run`, `make test`, `manage.py` in a checkout) set INGESTOR_LOCAL; the Docker
+# image sets it false. Only there, or with DEBUG on, may the fixed development key stand in.
+LOCAL_RUN = env_bool("INGESTOR_LOCAL", False)
+DEVELOPMENT_SECRET_KEY = "insecure-local-development-key-set-SECRET_KEY-in-production"  # noqa: S105
+
+
+def secret_key_from_env(*, debug: bool, local: bool) -> str:
+    """SECRET_KEY, or the development key for a local run; anything else is refused at start-up."""
+    key = env_str("SECRET_KEY", "")
+    if key:
+        return key
+    if debug or local:
+        # A fixed key keeps sessions valid across restarts of `make run`.
+        return DEVELOPMENT_SECRET_KEY
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set: give it a long random value (python -c 'import secrets; "
+        "print(secrets.token_urlsafe(50))'); only local runs (INGESTOR_LOCAL=true or DEBUG=true) "
+        "fall back to a development key"
+    )
 
 
 DEBUG = env_bool("DEBUG", False)
-# A fixed development key keeps sessions valid across restarts of `make run`; deployments set
-# SECRET_KEY (docker-compose.yml refuses to start without it).
-SECRET_KEY = env_str("SECRET_KEY", "") or "insecure-local-development-key-set-SECRET_KEY-in-production"
+SECRET_KEY = secret_key_from_env(debug=DEBUG, local=LOCAL_RUN)
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")

@@ -46,6 +46,7 @@ def say(text: str) -> None:
 def services(data_dir: Path = DATA_DIR) -> Iterator[dict[str, str]]:
     """Yield the environment pointing at PostgreSQL and Redis, starting embedded ones if unset."""
     env = dict(os.environ)
+    env.setdefault("INGESTOR_LOCAL", "true")  # settings allow the development SECRET_KEY
     started: list[EmbeddedServer] = []
     try:
         if not env.get("DATABASE_URL"):
