@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from ingestor_site.watchdog import STAGE_SERVERS, watchdog
+
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 
 
@@ -74,7 +76,13 @@ class EmbeddedServer:
             start_new_session=True,
             **self._popen_kwargs(),
         )
-        _wait_for_port(self.port, self.process, self.name)
+        # Should whoever started us die without stopping us, the watchdog does.
+        watchdog.guard(self.process.pid, stage=STAGE_SERVERS, stop_signal=self._stop_signal)
+        try:
+            _wait_for_port(self.port, self.process, self.name)
+        except RuntimeError:
+            self.stop()
+            raise
         return self
 
     def stop(self, timeout_s: float = 15.0) -> None:
@@ -87,6 +95,7 @@ class EmbeddedServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        watchdog.release(self.process.pid)
         self.process = None
         if self._log is not None:
             self._log.close()
@@ -97,6 +106,7 @@ class EmbeddedServer:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+            watchdog.release(self.process.pid)
         self.process = None
 
     _stop_signal = signal.SIGTERM
