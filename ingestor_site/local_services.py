@@ -20,8 +20,12 @@ import json
 import os
 import signal
 import socket
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -219,3 +223,86 @@ def local_database_url(api_url: str) -> str | None:
     if target.port == ours.port and target.hostname in loopback | {ours.hostname}:
         return str(owner["database_url"])
     return None
+
+
+# `manage.py` commands that need neither PostgreSQL nor Redis: nothing starts for them.
+OFFLINE_COMMANDS = frozenset({
+    "help", "version", "makemigrations", "collectstatic", "findstatic", "check", "diffsettings",
+    "startapp", "startproject", "squashmigrations", "optimizemigration", "makemessages", "compilemessages",
+})  # fmt: skip
+# Commands that only talk to a running stack over HTTP (loadtest finds the database of this
+# checkout's `make run` itself, when --url is its server): nothing starts for them.
+JOIN_ONLY_COMMANDS = frozenset({"loadtest"})
+# Commands that must see the schema as it is (or are migrate itself): no migrate before them.
+UNMIGRATED_COMMANDS = frozenset({"migrate", "dbshell", "showmigrations", "sqlmigrate", "sqlflush", "flush"})
+
+
+def _note(text: str) -> None:
+    # stderr: a command's own output (dumpdata, a shell's) stays clean for pipes.
+    print(f"manage.py: {text}", file=sys.stderr, flush=True)
+
+
+def _psql_on_path() -> None:
+    """dbshell runs `psql` from PATH: fall back on the client that ships with the embedded server."""
+    import shutil
+
+    if shutil.which("psql") is None:
+        from ingestor_site.embedded import EmbeddedPostgres
+
+        os.environ["PATH"] = f"{EmbeddedPostgres.bin_dir()}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+@contextmanager
+def command_services(argv: list[str]) -> Iterator[None]:
+    """Point a `manage.py` command at this checkout's servers when DATABASE_URL / REDIS_URL are unset.
+
+    Those of a running `make run` (or another command that started them) when there is one, read
+    from its state file; else embedded ones started (and migrated) for the command's lifetime.
+    """
+    command = argv[1] if len(argv) > 1 else "help"
+    if command.startswith("-") or command in OFFLINE_COMMANDS | JOIN_ONLY_COMMANDS:
+        yield
+        return
+    if command == "dbshell":
+        _psql_on_path()
+    if os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"):
+        yield
+        return
+    owner = owner_read(RUN_DATA_DIR)
+    if owner and owner.get("database_url") and owner.get("redis_url"):
+        os.environ.setdefault("DATABASE_URL", str(owner["database_url"]))
+        os.environ.setdefault("REDIS_URL", str(owner["redis_url"]))
+        _note(f"using the servers of `{owner.get('command')}` (pid {owner.get('pid')}) in {RUN_DATA_DIR}")
+        yield
+        return
+    with LocalServices(RUN_DATA_DIR, command=f"manage.py {command}", quiet=True) as services:
+        os.environ.update(DATABASE_URL=services.env["DATABASE_URL"], REDIS_URL=services.env["REDIS_URL"])
+        _note(f"started embedded PostgreSQL and Redis (data in {RUN_DATA_DIR}) for this command")
+        if command not in UNMIGRATED_COMMANDS:
+            _migrate()
+        # A SIGTERM ends the command through `finally`, so the servers stop with it.
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    import psutil
+
+    # runserver's autoreloader serves from a child process: it must not outlive the servers.
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    raise SystemExit(128 + signum)
+
+
+def _migrate() -> None:
+    import django
+    from django.core.management import call_command
+    from django.db import connections
+
+    django.setup()
+    call_command("migrate", interactive=False, verbosity=0)
+    connections.close_all()

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
+from ingestor_site.embedded import ServerStartError
 from ingestor_site.local_services import RUN_DATA_DIR, TEST_DATA_DIR, FolderInUse, LocalServices, port_free
 from ingestor_site.processes import (
     BASE_DIR,
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             say(f"{web_processes} web process(es), {workers} worker(s); Ctrl-C stops everything")
             supervisor.watch()
             supervisor.stop()
-    except FolderInUse as refusal:
+    except (FolderInUse, ServerStartError) as refusal:
         say(str(refusal))
         return 1
     say("stopped")
@@ -160,7 +161,7 @@ def exec_command(args: argparse.Namespace) -> int:
     try:
         with LocalServices(TEST_DATA_DIR, command="stack exec") as services:
             return subprocess.call(command, env=services.env, cwd=BASE_DIR)  # noqa: S603
-    except FolderInUse as refusal:
+    except (FolderInUse, ServerStartError) as refusal:
         say(str(refusal))
         return 1
 
