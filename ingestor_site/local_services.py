@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,11 +79,16 @@ class Ownership:
         self.state: dict[str, Any] = {"pid": os.getpid(), "command": command, "servers": []}
         data_dir.mkdir(parents=True, exist_ok=True)
         self._lock: IO[str] = (data_dir / LOCK_FILE).open("a")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise FolderInUse(data_dir, _state_read(data_dir) or {}) from None
+        # A few tries: `owner_read` in another process holds a shared lock for an instant.
+        for attempt in range(10):
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 9:
+                    self._lock.close()
+                    raise FolderInUse(data_dir, _state_read(data_dir) or {}) from None
+                time.sleep(0.05)
         self._leftovers_stop(_state_read(data_dir))
         self.write()
 

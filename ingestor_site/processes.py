@@ -114,18 +114,27 @@ def stop(
         watchdog.release(process.pid)
 
 
-def live_wait(url: str, *, process: subprocess.Popen[bytes] | None = None, timeout_s: float = 30.0) -> None:
-    """Wait until `url`/health/live answers 200; fail early if `process` exits."""
+def live_wait(
+    url: str,
+    *,
+    process: subprocess.Popen[bytes] | None = None,
+    timeout_s: float = 30.0,
+    stop: Callable[[], bool] | None = None,
+) -> None:
+    """Wait until `url`/health/live answers 200; fail early if `process` exits; give up quietly
+    once `stop()` is true (a Ctrl-C while starting)."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (stop and stop()):
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the web server exited with code {process.returncode} while starting")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/health/live", timeout=1).status_code == 200:
                 return
         time.sleep(0.1)
+    if stop and stop():
+        return
     raise RuntimeError(f"the web server did not answer {url}/health/live within {timeout_s:.0f}s")
 
 

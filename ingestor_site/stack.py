@@ -30,6 +30,7 @@ from ingestor_site.processes import (
     MANAGE,
     PYTHON,
     STOP_GRACE_S,
+    live_wait,
     say,
     spawn,
     stop,
@@ -141,6 +142,13 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, on_signal)
             signal.signal(signal.SIGTERM, on_signal)
             supervisor.start()
+            local = "127.0.0.1" if host in {"127.0.0.1", "0.0.0.0"} else host  # noqa: S104
+            try:
+                # The URL line once the server answers, so what it promises works.
+                live_wait(f"http://{local}:{port}", process=supervisor.web.process, timeout_s=60,
+                          stop=lambda: supervisor.stopping)  # fmt: skip
+            except RuntimeError as failure:
+                say(f"{failure}; see its errors above (it is restarted)")
             services.record(dashboard=dashboard)
             say(f"dashboard: {dashboard}   API: {dashboard}messages")
             say(f"{web_processes} web process(es), {workers} worker(s); Ctrl-C stops everything")

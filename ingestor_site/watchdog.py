@@ -56,9 +56,16 @@ class Watchdog:
 
     def _send(self, line: str) -> None:
         with self._lock:
-            pipe = self._pipe_open()
-            pipe.write(line + "\n")
-            pipe.flush()
+            try:
+                pipe = self._pipe_open()
+                pipe.write(line + "\n")
+                pipe.flush()
+            except BrokenPipeError:
+                # Someone ended our watchdog: start another for what comes next.
+                self._pipe = None
+                pipe = self._pipe_open()
+                pipe.write(line + "\n")
+                pipe.flush()
 
     def guard(self, pgid: int, *, stage: int, stop_signal: int = signal.SIGTERM) -> None:
         """Stop process group `pgid` (its leader by `stop_signal`) should this process die first."""

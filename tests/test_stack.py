@@ -4,6 +4,7 @@ PostgreSQL and Redis start under the data folder; then a worker dies and a SIGTE
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -252,3 +253,41 @@ def test_manage_py_runserver_serves_the_api_and_the_dashboard_through_daphne(
             server.terminate()
             server.wait(timeout=20)
     assert "daphne" in (output_dir / "runserver.log").read_text().lower()
+
+
+def test_manage_py_and_the_load_test_use_the_servers_of_a_running_make_run(
+    tmp_path: Path, output_dir: Path
+) -> None:
+    port = free_port()
+    env = _run_env(tmp_path / "data", port)
+    supervisor, _ = _run_start(env, output_dir / "stack.log")
+    seen: dict[int, psutil.Process] = {}
+    try:
+        url = f"http://127.0.0.1:{port}"
+        seen.update((p.pid, p) for p in psutil.Process(supervisor.pid).children(recursive=True))
+        owner = json.loads((tmp_path / "data" / "owner.json").read_text())
+        assert owner["pid"] == supervisor.pid and owner["dashboard"] == f"http://localhost:{port}/"
+
+        shell = subprocess.run(  # noqa: S603
+            [sys.executable, "manage.py", "shell", "-c", "import os; print(os.environ['DATABASE_URL'])"],
+            cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert shell.returncode == 0, shell.stderr
+        assert shell.stdout.strip().splitlines()[-1] == owner["database_url"]
+        assert f"using the servers of `make run` (pid {supervisor.pid})" in shell.stderr
+
+        wait_until(lambda: _workers(url) == 1, timeout_s=30, what="one worker registered")
+        # No --database-url and no DATABASE_URL: --verify finds make run's database by itself.
+        load = subprocess.run(  # noqa: S603
+            [sys.executable, "scripts/load_test.py", "--url", url, "--messages", "200", "--concurrent", "10",
+             "--verify", "--json", "--no-progress"],
+            cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert load.returncode == 0, load.stderr
+        verify = json.loads(load.stdout)["verify"]
+        assert verify["method"] == "database"
+        assert verify["persisted"] == 200 and verify["lost"] == 0
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(timeout=90)
+        _cleanup(supervisor, seen)
