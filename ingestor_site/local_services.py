@@ -89,8 +89,9 @@ class Ownership:
                     self._lock.close()
                     raise FolderInUse(data_dir, _state_read(data_dir) or {}) from None
                 time.sleep(0.05)
-        self._leftovers_stop(_state_read(data_dir))
-        self.write()
+        previous = _state_read(data_dir)
+        self.write()  # at once: no one may take a dead owner's URLs for ours
+        self._leftovers_stop(previous)
 
     def _leftovers_stop(self, previous: dict[str, Any]) -> None:
         """Stop servers a dead owner left running: they hold the data files (and their ports)."""

@@ -291,3 +291,41 @@ def test_manage_py_and_the_load_test_use_the_servers_of_a_running_make_run(
         supervisor.send_signal(signal.SIGTERM)
         supervisor.wait(timeout=90)
         _cleanup(supervisor, seen)
+
+
+def test_a_new_run_stops_the_servers_a_dead_run_left_on_its_data_folder(
+    tmp_path: Path, output_dir: Path
+) -> None:
+    env = _run_env(tmp_path / "data", free_port())
+    first, _ = _run_start(env, output_dir / "first.log")
+    seen: dict[int, psutil.Process] = {p.pid: p for p in psutil.Process(first.pid).children(recursive=True)}
+    second: subprocess.Popen[str] | None = None
+    try:
+        servers = [
+            p for p in psutil.Process(first.pid).children() if p.name() in {"postgres", "valkey-server"}
+        ]
+        assert len(servers) == 2
+        # The supervisor and its watchdog die together: nothing stops the servers.
+        (watchdog,) = [p for p in seen.values() if "ingestor_site.watchdog" in " ".join(p.cmdline())]
+        watchdog.kill()
+        first.kill()
+        first.wait()
+        for server in servers:
+            assert server.is_running()
+        for process in seen.values():
+            if process not in servers:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+
+        second, output = _run_start({**env, "PORT": str(free_port())}, output_dir / "second.log")
+        seen.update((p.pid, p) for p in psutil.Process(second.pid).children(recursive=True))
+        assert "stopping the postgres a dead run left" in output.text()
+        assert "stopping the redis a dead run left" in output.text()
+        _, alive = psutil.wait_procs(servers, timeout=30)
+        assert alive == []
+    finally:
+        if second is not None:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=90)
+            _cleanup(second, seen)
+        _cleanup(first, seen)
