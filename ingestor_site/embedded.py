@@ -249,7 +249,11 @@ class EmbeddedPostgres(EmbeddedServer):
         entry = utils.ensure_user_exists(POSTGRES_SYSTEM_USER)
         assert entry is not None
         self._system_user = entry
-        if not _reachable(self.bin_dir() / "postgres", entry, "-x"):
+        install = self.bin_dir().parent
+        if not (
+            _reachable(install / "bin" / "postgres", entry, "-x")
+            and _reachable(install / "share" / "postgres.bki", entry, "-r")
+        ):
             self._programs = _programs_copy(self.bin_dir().parent)
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if self.data_dir.is_symlink() or not _reachable(self.data_dir.parent, entry, "-x"):
