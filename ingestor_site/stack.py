@@ -4,8 +4,10 @@
     python -m ingestor_site.stack exec -- CMD    # services, then CMD with DATABASE_URL/REDIS_URL set
 
 With DATABASE_URL / REDIS_URL unset, an embedded PostgreSQL and an embedded Redis-compatible
-server start on free loopback ports, with their data under `.data/` (git-ignored), and stop on
-exit. With them set, those servers are used and left alone.
+server start on free loopback ports and stop on exit: `run` keeps their data in `.data/`, `exec`
+in `.data/test/` (both git-ignored), so tests never touch what `make run` holds. With them set,
+those servers are used and left alone. Should this supervisor die without stopping its children,
+a watchdog stops them (see ingestor_site/watchdog.py).
 """
 
 from __future__ import annotations
@@ -17,59 +19,27 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ingestor_site.embedded import EmbeddedServer
-
-BASE_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("INGESTOR_DATA_DIR", BASE_DIR / ".data"))
-PYTHON = sys.executable
-MANAGE = str(BASE_DIR / "manage.py")
+from ingestor_site.embedded import ServerStartError
+from ingestor_site.local_services import RUN_DATA_DIR, TEST_DATA_DIR, FolderInUse, LocalServices, port_free
+from ingestor_site.processes import (
+    BASE_DIR,
+    MANAGE,
+    PYTHON,
+    STOP_GRACE_S,
+    live_wait,
+    say,
+    spawn,
+    stop,
+    web_command,
+    worker_command,
+)
 
 # A worker that keeps dying is restarted at most this often, so a broken set-up does not spin.
 RESTART_BACKOFF_S = (1, 2, 5, 10)
-STOP_GRACE_S = 30
-
-
-def say(text: str) -> None:
-    print(f"[ingestor] {text}", flush=True)
-
-
-@contextmanager
-def services(data_dir: Path = DATA_DIR) -> Iterator[dict[str, str]]:
-    """Yield the environment pointing at PostgreSQL and Redis, starting embedded ones if unset."""
-    env = dict(os.environ)
-    env.setdefault("INGESTOR_LOCAL", "true")  # settings allow the development SECRET_KEY
-    started: list[EmbeddedServer] = []
-    try:
-        if not env.get("DATABASE_URL"):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
-                from ingestor_site.embedded import EmbeddedPostgres
-
-                postgres = EmbeddedPostgres(data_dir / "postgres").start()
-            started.append(postgres)
-            env["DATABASE_URL"] = postgres.url
-            say(f"embedded PostgreSQL on {postgres.url} (data in {postgres.data_dir})")
-        if not env.get("REDIS_URL"):
-            from ingestor_site.embedded import EmbeddedRedis
-
-            redis = EmbeddedRedis(data_dir / "redis").start()
-            started.append(redis)
-            env["REDIS_URL"] = redis.url
-            say(f"embedded Redis on {redis.url} (append-only file in {redis.data_dir})")
-        yield env
-    finally:
-        for server in reversed(started):
-            server.stop()
-            say(f"stopped embedded {server.name}")
 
 
 def manage(env: dict[str, str], *args: str) -> None:
@@ -77,14 +47,11 @@ def manage(env: dict[str, str], *args: str) -> None:
 
 
 def _web_command(host: str, port: int, processes: int, restarts: int) -> list[str]:
-    return [PYTHON, "-m", "granian", "--interface", "asginl", "--host", host, "--port", str(port),
-            "--workers", str(processes), "--log-level", "warning", "ingestor_site.asgi:application"]  # fmt: skip
+    return web_command(host=host, port=port, processes=processes)
 
 
 def _worker_command(number: int, restarts: int) -> list[str]:
-    # A fresh name each start: a killed worker's registration outlives it in Redis (until its
-    # TTL), and rq refuses to start a worker under a name that is still registered.
-    return [PYTHON, MANAGE, "rqworker", "ingest", "--name", f"worker-{number}-{os.getpid()}-{restarts}"]
+    return worker_command(name=f"worker-{number}-{os.getpid()}-{restarts}")
 
 
 @dataclass
@@ -113,9 +80,7 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         # Own process groups: a Ctrl-C reaches only us, and we stop the children in order.
-        child.process = subprocess.Popen(  # noqa: S603
-            child.command(child.restarts), env=self.env, cwd=BASE_DIR, start_new_session=True
-        )
+        child.process = spawn(child.command(child.restarts), env=self.env)
 
     def start(self) -> None:
         for child in (self.web, *self.workers):
@@ -139,28 +104,17 @@ class Supervisor:
 
     def stop(self) -> None:
         """Web first (no new messages; in-flight batches reach Redis), then workers (each
-        finishes its current batch: rq's warm shutdown on SIGTERM)."""
+        finishes its current batch: rq's warm shutdown on SIGTERM). Each gets STOP_GRACE_S,
+        then SIGKILL of its process group."""
         self.stopping = True
         web = self.web.process
         if web is not None and web.poll() is None:
             say("stopping the web server")
-            web.terminate()
-            _wait(web, STOP_GRACE_S)
+            stop([web], label="web server", grace_s=STOP_GRACE_S)
         live = [child.process for child in self.workers if child.process and child.process.poll() is None]
         if live:
             say(f"stopping {len(live)} worker(s); each finishes its current batch")
-        for worker in live:
-            worker.terminate()
-        for worker in live:
-            _wait(worker, STOP_GRACE_S)
-
-
-def _wait(process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+            stop(live, label="worker", grace_s=STOP_GRACE_S)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -168,22 +122,41 @@ def run(args: argparse.Namespace) -> int:
     port = int(os.environ.get("PORT", "8000"))
     workers = int(os.environ.get("WORKERS", "1"))
     web_processes = int(os.environ.get("WEB_PROCESSES", "2"))
-    with services() as env:
-        manage(env, "migrate", "--noinput", "-v", "0")
-        manage(env, "collectstatic", "--noinput", "-v", "0")
-        supervisor = Supervisor(env, host=host, port=port, workers=workers, web_processes=web_processes)
+    shown_host = "localhost" if host in {"127.0.0.1", "0.0.0.0"} else host  # noqa: S104
+    dashboard = f"http://{shown_host}:{port}/"
+    if not port_free(host, port):
+        say(
+            f"port {port} on {host} is in use (another `make run`?); stop it, or choose another with PORT=..."
+        )
+        return 1
+    try:
+        with LocalServices(RUN_DATA_DIR, command="make run") as services:
+            env = services.env
+            manage(env, "migrate", "--noinput", "-v", "0")
+            manage(env, "collectstatic", "--noinput", "-v", "0")
+            supervisor = Supervisor(env, host=host, port=port, workers=workers, web_processes=web_processes)
 
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            supervisor.stopping = True
+            def on_signal(signum: int, frame: FrameType | None) -> None:
+                supervisor.stopping = True
 
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        supervisor.start()
-        shown_host = "localhost" if host in {"127.0.0.1", "0.0.0.0"} else host  # noqa: S104
-        say(f"dashboard: http://{shown_host}:{port}/   API: http://{shown_host}:{port}/messages")
-        say(f"{web_processes} web process(es), {workers} worker(s); Ctrl-C stops everything")
-        supervisor.watch()
-        supervisor.stop()
+            signal.signal(signal.SIGINT, on_signal)
+            signal.signal(signal.SIGTERM, on_signal)
+            supervisor.start()
+            local = "127.0.0.1" if host in {"127.0.0.1", "0.0.0.0"} else host  # noqa: S104
+            try:
+                # The URL line once the server answers, so what it promises works.
+                live_wait(f"http://{local}:{port}", process=supervisor.web.process, timeout_s=60,
+                          stop=lambda: supervisor.stopping)  # fmt: skip
+            except RuntimeError as failure:
+                say(f"{failure}; see its errors above (it is restarted)")
+            services.record(dashboard=dashboard)
+            say(f"dashboard: {dashboard}   API: {dashboard}messages")
+            say(f"{web_processes} web process(es), {workers} worker(s); Ctrl-C stops everything")
+            supervisor.watch()
+            supervisor.stop()
+    except (FolderInUse, ServerStartError) as refusal:
+        say(str(refusal))
+        return 1
     say("stopped")
     return 0
 
@@ -193,8 +166,12 @@ def exec_command(args: argparse.Namespace) -> int:
     if not command:
         say("exec needs a command after --")
         return 2
-    with services() as env:
-        return subprocess.call(command, env=env, cwd=BASE_DIR)  # noqa: S603
+    try:
+        with LocalServices(TEST_DATA_DIR, command="stack exec") as services:
+            return subprocess.call(command, env=services.env, cwd=BASE_DIR)  # noqa: S603
+    except (FolderInUse, ServerStartError) as refusal:
+        say(str(refusal))
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,7 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="wait for the queue to drain, then check that every acknowledged message was "
                         "stored exactly once (by id with --database-url, else by the server's counters)")  # fmt: skip
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
-                        help="PostgreSQL URL for --verify (default $DATABASE_URL)")  # fmt: skip
+                        help="PostgreSQL URL for --verify (default $DATABASE_URL, else that of this "
+                        "checkout's `make run` when --url is its server)")  # fmt: skip
     parser.add_argument("--verify-timeout", type=duration_parse, default=120.0,
                         help="how long --verify waits for the queue to drain (default 120s)")  # fmt: skip
     parser.add_argument("--max-p99-ms", type=_positive_float, help="exit 1 if the client p99 is above this")
@@ -146,6 +147,8 @@ def _say(stream: TextIO, text: str) -> None:
 
 def load_test_run(options: Mapping[str, Any], *, stdout: TextIO, stderr: TextIO) -> int:
     """Health check, send, (verify), report; return the exit code."""
+    if options.get("verify") and not options.get("database_url"):
+        options = {**options, "database_url": _local_database_url(options.get("url") or DEFAULT_URL)}
     plan = plan_from_options(options)
     thresholds = thresholds_from_options(options)
     try:
@@ -196,6 +199,16 @@ def load_test_run(options: Mapping[str, Any], *, stdout: TextIO, stderr: TextIO)
     return exit_code
 
 
+def _local_database_url(url: str) -> str | None:
+    """The database of this checkout's `make run` when `url` is its web server: --verify then
+    checks by id with no --database-url. None elsewhere (a generator copied out of the project)."""
+    try:
+        from ingestor_site.local_services import local_database_url
+    except ImportError:
+        return None
+    return local_database_url(url)
+
+
 def _verify(
     plan: LoadPlan, tally: Any, options: Mapping[str, Any], before: dict[str, Any] | None, stderr: TextIO
 ) -> dict[str, Any]:
@@ -212,7 +225,8 @@ def _verify(
             result = verify_database(database_url=database_url, ids=bytes(tally.ids), run_tag=plan.run_tag)
         else:
             _say(
-                stderr, "note: no --database-url (or $DATABASE_URL): checking counts through GET /stats only"
+                stderr,
+                "note: no --database-url (or $DATABASE_URL, or `make run` of this checkout at --url): checking counts through GET /stats only",
             )
             result = verify_stats(acknowledged=tally.succeeded, before=before, after=after)
     except KeyboardInterrupt:

@@ -19,7 +19,6 @@ import platform
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,8 @@ import psutil  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
-from ingestor_site.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
+from ingestor_site.embedded import EmbeddedPostgres, EmbeddedRedis  # noqa: E402
+from ingestor_site.processes import WebAndWorkers  # noqa: E402
 
 DATA_DIR = BASE_DIR / ".data" / "bench"
 LOAD_TEST = str(BASE_DIR / "scripts" / "load_test.py")
@@ -141,35 +141,16 @@ class NeighbourWatch(threading.Thread):
 # --- the stack -----------------------------------------------------------------------------------
 
 
-class Stack:
+class Stack(WebAndWorkers):
     """Web server (granian, as `make run`) and rq workers against the benchmark's services."""
 
     def __init__(self, *, database_url: str, redis_url: str, log_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         # Per-batch INFO lines would cost the worker CPU the benchmark is measuring.
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "LOG_LEVEL": "WARNING",
-        }
-        self.log_dir = log_dir
-        self.web: subprocess.Popen[bytes] | None = None
-        self.workers: list[subprocess.Popen[bytes]] = []
-
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"{name}.log").open("ab")
-        return subprocess.Popen(  # noqa: S603
-            args, env=self.env, cwd=BASE_DIR, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_LEVEL": "WARNING"}
+        super().__init__(env=env, log_dir=log_dir)
 
     def start(self, *, workers: int) -> None:
-        self.web = self._spawn("web", [
-            sys.executable, "-m", "granian", "--interface", "asginl", "--host", "127.0.0.1",
-            "--port", str(self.port), "--workers", str(WEB_PROCESSES), "--log-level", "warning",
-            "ingestor_site.asgi:application",
-        ])  # fmt: skip
+        self.web_start(WEB_PROCESSES)
         self.workers_set(workers)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -181,34 +162,10 @@ class Stack:
 
     def workers_set(self, count: int) -> None:
         while len(self.workers) > count:
-            _stop(self.workers.pop())
+            self.worker_stop(self.workers[-1])
         while len(self.workers) < count:
-            index = len(self.workers) + 1
-            self.workers.append(self._spawn(f"worker-{index}", [
-                sys.executable, str(BASE_DIR / "manage.py"), "rqworker", "ingest",
-                "--name", f"bench-{index}-{self.port}-{time.monotonic_ns()}",
-            ]))  # fmt: skip
+            self.worker_start(f"bench-{len(self.workers) + 1}-{self.port}-{time.monotonic_ns()}")
         time.sleep(1.5)  # rq registers and starts listening
-
-    def stop(self) -> None:
-        if self.web is not None:
-            _stop(self.web)
-        for worker in self.workers:
-            _stop(worker)
-        self.workers = []
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    # rq's scheduler child shares the worker's process group.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager

@@ -30,7 +30,8 @@ import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import redis  # noqa: E402
 
-from ingestor_site.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
+from ingestor_site.embedded import EmbeddedPostgres, EmbeddedRedis  # noqa: E402
+from ingestor_site.processes import WebAndWorkers  # noqa: E402
 
 
 def commandstats(client: redis.Redis) -> Counter[str]:
@@ -116,37 +117,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
         postgres = EmbeddedPostgres(Path(tmp) / "postgres").start()
         valkey = EmbeddedRedis(Path(tmp) / "redis", persistent=False).start()
-        port = free_port()
-        env = {**os.environ, "DATABASE_URL": postgres.url, "REDIS_URL": valkey.url, "PYTHONUNBUFFERED": "1"}
-        processes: list[subprocess.Popen[bytes]] = []
+        env = {**os.environ, "DATABASE_URL": postgres.url, "REDIS_URL": valkey.url}
+        stack = WebAndWorkers(env=env, log_dir=Path(tmp))
         try:
             for command in (["migrate", "--noinput", "-v", "0"], ["collectstatic", "--noinput", "-v", "0"]):
                 subprocess.run([sys.executable, "manage.py", *command], env=env, cwd=BASE_DIR, check=True)  # noqa: S603
-            processes.append(subprocess.Popen(  # noqa: S603
-                [sys.executable, "-m", "granian", "--interface", "asginl", "--host", "127.0.0.1",
-                 "--port", str(port), "--workers", str(args.web_processes), "--log-level", "warning",
-                 "ingestor_site.asgi:application"], env=env, cwd=BASE_DIR))  # fmt: skip
+            stack.web_start(args.web_processes)
             if args.traffic:
-                processes.append(subprocess.Popen(  # noqa: S603
-                    [sys.executable, "manage.py", "rqworker", "ingest"], env=env, cwd=BASE_DIR,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/health/live", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+                stack.worker_start(f"bench-dashboard-{stack.port}")
             client = redis.Redis.from_url(valkey.url)
             mode = "with 200 msg/s of traffic and one worker" if args.traffic else "idle pipeline"
             print(f"{args.web_processes} web process(es), {mode}, {args.seconds:.0f} s windows:")
-            asyncio.run(run(url, counts, args.seconds, client, args.traffic))
+            asyncio.run(run(stack.url, counts, args.seconds, client, args.traffic))
         finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.wait(timeout=30)
+            stack.stop()
             valkey.stop()
             postgres.stop()
     return 0

@@ -62,7 +62,7 @@ def live_stack(
 
 @pytest.fixture(scope="session", autouse=True)
 def collected_static() -> None:
-    """Static files collected as `make run` does: pages resolve {% static %} through the manifest,
-    and WhiteNoise serves the collected files (in-process and in live_stack's server). Every
-    test gets it: any page (the admin's too) fails to render on a fresh clone without it."""
+    """Static files collected as `make run` does: pages link the hashed names of the manifest and
+    the web server serves the collected files, as in production (without a manifest, pages link
+    plain names that WhiteNoise serves from the app folders: tests/test_manage_commands.py)."""
     call_command("collectstatic", "--noinput", verbosity=0)

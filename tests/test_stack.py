@@ -3,6 +3,8 @@ PostgreSQL and Redis start under the data folder; then a worker dies and a SIGTE
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import psutil
 import pytest
 
 from ingestor_site.embedded import free_port
+from ingestor_site.local_services import port_free
 from tests.livestack import BASE_DIR, wait_until
 
 pytestmark = [pytest.mark.integration]
@@ -60,12 +63,14 @@ def _post_and_wait_stored(url: str, content: str, *, timeout_s: float, what: str
         )
 
 
-def test_run_starts_embedded_services_restarts_a_dead_worker_and_stops_cleanly(
-    tmp_path: Path, output_dir: Path
-) -> None:
-    port = free_port()
+def _run_env(data_dir: Path, port: int, web_processes: int = 1) -> dict[str, str]:
+    """`make run`'s environment on a fresh machine: no DATABASE_URL / REDIS_URL."""
     env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
-    env.update(PORT=str(port), WORKERS="1", WEB_PROCESSES="1", INGESTOR_DATA_DIR=str(tmp_path / "data"))
+    env.update(PORT=str(port), WORKERS="1", WEB_PROCESSES=str(web_processes), INGESTOR_DATA_DIR=str(data_dir))
+    return env
+
+
+def _run_start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[str], Output]:
     supervisor = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "ingestor_site.stack", "run"],
         cwd=BASE_DIR,
@@ -74,11 +79,31 @@ def test_run_starts_embedded_services_restarts_a_dead_worker_and_stops_cleanly(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    output = Output(supervisor, output_dir / "stack.log")
+    output = Output(supervisor, log)
+    wait_until(lambda: "dashboard: http://localhost:" in output.text() or supervisor.poll() is not None,
+               timeout_s=90, what="the URL")  # fmt: skip
+    assert supervisor.poll() is None, output.text()
+    return supervisor, output
+
+
+def _cleanup(supervisor: subprocess.Popen[str], seen: dict[int, psutil.Process]) -> None:
+    if supervisor.poll() is None:
+        supervisor.kill()
+        supervisor.wait()
+    for process in seen.values():
+        with contextlib.suppress(psutil.Error):
+            if process.is_running():
+                process.kill()
+
+
+def test_run_starts_embedded_services_restarts_a_dead_worker_and_stops_cleanly(
+    tmp_path: Path, output_dir: Path
+) -> None:
+    port = free_port()
+    supervisor, output = _run_start(_run_env(tmp_path / "data", port), output_dir / "stack.log")
     url = f"http://127.0.0.1:{port}"
     seen: dict[int, psutil.Process] = {}  # every descendant met, to clean up whatever happens
     try:
-        wait_until(lambda: "dashboard: http://localhost:" in output.text(), timeout_s=90, what="the URL")
         assert f"http://localhost:{port}/" in output.text()
         assert "embedded PostgreSQL" in output.text() and "embedded Redis" in output.text()
         wait_until(lambda: _workers(url) == 1, timeout_s=30, what="one worker registered")
@@ -115,12 +140,83 @@ def test_run_starts_embedded_services_restarts_a_dead_worker_and_stops_cleanly(
         assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
         assert any((tmp_path / "data" / "redis").iterdir())
     finally:
-        if supervisor.poll() is None:
-            supervisor.kill()
-            supervisor.wait()
-        for process in seen.values():
-            if process.is_running():
-                process.kill()
+        _cleanup(supervisor, seen)
+
+
+def test_killing_the_supervisor_stops_everything_it_started_and_frees_the_port(
+    tmp_path: Path, output_dir: Path
+) -> None:
+    port = free_port()
+    supervisor, output = _run_start(
+        _run_env(tmp_path / "data", port, web_processes=2), output_dir / "stack.log"
+    )
+    seen: dict[int, psutil.Process] = {}
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _workers(url) == 1, timeout_s=30, what="one worker registered")
+        _post_and_wait_stored(url, "before the crash", timeout_s=30, what="the message stored")
+        seen.update((p.pid, p) for p in psutil.Process(supervisor.pid).children(recursive=True))
+        commands = [" ".join(p.cmdline()) for p in seen.values()]
+        # granian's master and its two workers, the rq worker, both servers and PostgreSQL's helpers.
+        assert sum("granian" in command for command in commands) >= 3, commands
+        assert any("rqworker" in command for command in commands), commands
+        assert any("valkey-server" in command for command in commands), commands
+        assert sum("postgres" in command for command in commands) >= 2, commands
+
+        supervisor.kill()  # SIGKILL: no handler runs, nothing is stopped in order
+        supervisor.wait()
+        _, alive = psutil.wait_procs(list(seen.values()), timeout=30)
+        assert alive == [], f"left running: {[p.cmdline() for p in alive]}"
+        assert port_free("127.0.0.1", port)
+        assert "watchdog: the supervisor is gone" in output.text()
+    finally:
+        _cleanup(supervisor, seen)
+
+
+def test_a_second_run_refuses_a_data_folder_or_port_in_use_and_tests_use_their_own_servers(
+    tmp_path: Path, output_dir: Path
+) -> None:
+    port = free_port()
+    env = _run_env(tmp_path / "data", port)
+    supervisor, output = _run_start(env, output_dir / "stack.log")
+    seen: dict[int, psutil.Process] = {}
+    try:
+        url = f"http://127.0.0.1:{port}"
+        seen.update((p.pid, p) for p in psutil.Process(supervisor.pid).children(recursive=True))
+        wait_until(lambda: _workers(url) == 1, timeout_s=30, what="one worker registered")
+        _post_and_wait_stored(url, "kept", timeout_s=30, what="the message stored")
+        total = httpx.get(f"{url}/stats", timeout=5).json()["total_messages"]
+        assert total >= 1
+
+        second = subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "ingestor_site.stack", "run"],
+            cwd=BASE_DIR, env={**env, "PORT": str(free_port())}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert "is in use by `make run`" in second.stdout and f"pid {supervisor.pid}" in second.stdout
+        same_port = subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "ingestor_site.stack", "run"],
+            cwd=BASE_DIR, env={**env, "INGESTOR_DATA_DIR": str(tmp_path / "other")},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert same_port.returncode == 1
+        assert f"port {port} on 127.0.0.1 is in use" in same_port.stdout
+
+        # What `make test` runs, while make run is up: its own servers, which it may flush.
+        flush = "import os, redis; print(os.environ['REDIS_URL']); redis.Redis.from_url(os.environ['REDIS_URL']).flushall()"
+        tests = subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "ingestor_site.stack", "exec", "--", sys.executable, "-c", flush],
+            cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert tests.returncode == 0, tests.stdout + tests.stderr
+        assert str(tmp_path / "data" / "test") in tests.stdout
+        assert httpx.get(f"{url}/stats", timeout=5).json()["total_messages"] == total
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+        assert "stopped embedded" not in output.text()
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(timeout=90)
+        _cleanup(supervisor, seen)
 
 
 def test_manage_py_runserver_serves_the_api_and_the_dashboard_through_daphne(
@@ -157,3 +253,79 @@ def test_manage_py_runserver_serves_the_api_and_the_dashboard_through_daphne(
             server.terminate()
             server.wait(timeout=20)
     assert "daphne" in (output_dir / "runserver.log").read_text().lower()
+
+
+def test_manage_py_and_the_load_test_use_the_servers_of_a_running_make_run(
+    tmp_path: Path, output_dir: Path
+) -> None:
+    port = free_port()
+    env = _run_env(tmp_path / "data", port)
+    supervisor, _ = _run_start(env, output_dir / "stack.log")
+    seen: dict[int, psutil.Process] = {}
+    try:
+        url = f"http://127.0.0.1:{port}"
+        seen.update((p.pid, p) for p in psutil.Process(supervisor.pid).children(recursive=True))
+        owner = json.loads((tmp_path / "data" / "owner.json").read_text())
+        assert owner["pid"] == supervisor.pid and owner["dashboard"] == f"http://localhost:{port}/"
+
+        shell = subprocess.run(  # noqa: S603
+            [sys.executable, "manage.py", "shell", "-c", "import os; print(os.environ['DATABASE_URL'])"],
+            cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert shell.returncode == 0, shell.stderr
+        assert shell.stdout.strip().splitlines()[-1] == owner["database_url"]
+        assert f"using the servers of `make run` (pid {supervisor.pid})" in shell.stderr
+
+        wait_until(lambda: _workers(url) == 1, timeout_s=30, what="one worker registered")
+        # No --database-url and no DATABASE_URL: --verify finds make run's database by itself.
+        load = subprocess.run(  # noqa: S603
+            [sys.executable, "scripts/load_test.py", "--url", url, "--messages", "200", "--concurrent", "10",
+             "--verify", "--json", "--no-progress"],
+            cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert load.returncode == 0, load.stderr
+        verify = json.loads(load.stdout)["verify"]
+        assert verify["method"] == "database"
+        assert verify["persisted"] == 200 and verify["lost"] == 0
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(timeout=90)
+        _cleanup(supervisor, seen)
+
+
+def test_a_new_run_stops_the_servers_a_dead_run_left_on_its_data_folder(
+    tmp_path: Path, output_dir: Path
+) -> None:
+    env = _run_env(tmp_path / "data", free_port())
+    first, _ = _run_start(env, output_dir / "first.log")
+    seen: dict[int, psutil.Process] = {p.pid: p for p in psutil.Process(first.pid).children(recursive=True)}
+    second: subprocess.Popen[str] | None = None
+    try:
+        servers = [
+            p for p in psutil.Process(first.pid).children() if p.name() in {"postgres", "valkey-server"}
+        ]
+        assert len(servers) == 2
+        # The supervisor and its watchdog die together: nothing stops the servers.
+        (watchdog,) = [p for p in seen.values() if "ingestor_site.watchdog" in " ".join(p.cmdline())]
+        watchdog.kill()
+        first.kill()
+        first.wait()
+        for server in servers:
+            assert server.is_running()
+        for process in seen.values():
+            if process not in servers:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+
+        second, output = _run_start({**env, "PORT": str(free_port())}, output_dir / "second.log")
+        seen.update((p.pid, p) for p in psutil.Process(second.pid).children(recursive=True))
+        assert "stopping the postgres a dead run left" in output.text()
+        assert "stopping the redis a dead run left" in output.text()
+        _, alive = psutil.wait_procs(servers, timeout=30)
+        assert alive == []
+    finally:
+        if second is not None:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=90)
+            _cleanup(second, seen)
+        _cleanup(first, seen)

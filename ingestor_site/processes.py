@@ -1,0 +1,186 @@
+"""Start, watch and stop the project's processes: one place for `make run`, the tests and the
+benchmarks alike.
+
+The web server is granian (as in production) and a worker is `manage.py rqworker ingest`. Every
+process starts as the leader of a process group of its own, so a stop reaches its children too
+(granian's workers, rq's scheduler), and the watchdog stops the group should we die first.
+A stop is bounded: SIGTERM to the leader, then, after a grace, SIGKILL to the group, and a line
+that says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from ingestor_site.watchdog import STAGE_PROCESSES, watchdog
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+MANAGE = str(BASE_DIR / "manage.py")
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Long enough for a worker to finish its current batch (rq's warm shutdown on SIGTERM).
+STOP_GRACE_S = 30.0
+
+
+def say(text: str) -> None:
+    print(f"[ingestor] {text}", flush=True)
+
+
+def web_command(*, host: str = "127.0.0.1", port: int, processes: int = 1) -> list[str]:
+    """The web server as `make run` runs it: granian, ASGI without lifespan."""
+    command = [PYTHON, "-m", "granian", "--interface", "asginl", "--host", host, "--port", str(port),
+               "--workers", str(processes), "--log-level", "warning"]  # fmt: skip
+    if (STATIC_ROOT / "staticfiles.json").exists():
+        # granian serves the collected files itself: WhiteNoise, being synchronous, would stream
+        # them through Django's ASGI handler, which warns about (and buffers) sync iterators.
+        command += ["--static-path-route", "/static", "--static-path-mount", str(STATIC_ROOT)]
+    return [*command, "ingestor_site.asgi:application"]
+
+
+def worker_command(*, name: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """An rq worker on the ingest queue. Give each start a fresh name: a killed worker's
+    registration outlives it in Redis (until its TTL), and rq refuses a name still registered."""
+    return [PYTHON, MANAGE, "rqworker", "ingest", "--name", name, *extra]
+
+
+def spawn(
+    command: list[str], *, env: dict[str, str], log: IO[bytes] | None = None, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """Start `command` as a process group leader, guarded by the watchdog."""
+    output: dict[str, Any] = {"stdout": log, "stderr": subprocess.STDOUT} if log is not None else {}
+    process = subprocess.Popen(  # noqa: S603
+        command, env=env, cwd=BASE_DIR, start_new_session=True, **output, **popen
+    )
+    watchdog.guard(process.pid, stage=STAGE_PROCESSES)
+    return process
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def group_kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process and its group, as in a crash."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    watchdog.release(process.pid)
+
+
+def stop(
+    processes: list[subprocess.Popen[bytes]],
+    *,
+    label: str,
+    grace_s: float = STOP_GRACE_S,
+    announce: Callable[[str], None] = say,
+) -> None:
+    """SIGTERM each leader, wait up to `grace_s` for all, then SIGKILL the groups of those left.
+
+    The leader alone gets SIGTERM: rq's scheduler child and granian's workers hear from their
+    parent. Whatever of a group outlives its leader (a worker its master gave up on) is killed
+    too, so no orphan keeps the port.
+    """
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            announce(f"{label} (pid {process.pid}) did not stop within {grace_s:.0f}s of SIGTERM; killing it")
+        if _group_alive(process.pid):
+            if process.returncode is not None:
+                announce(f"{label} (pid {process.pid}) left processes of its group running; killing them")
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        watchdog.release(process.pid)
+
+
+def live_wait(
+    url: str,
+    *,
+    process: subprocess.Popen[bytes] | None = None,
+    timeout_s: float = 30.0,
+    stop: Callable[[], bool] | None = None,
+) -> None:
+    """Wait until `url`/health/live answers 200; fail early if `process` exits; give up quietly
+    once `stop()` is true (a Ctrl-C while starting)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not (stop and stop()):
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the web server exited with code {process.returncode} while starting")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health/live", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    if stop and stop():
+        return
+    raise RuntimeError(f"the web server did not answer {url}/health/live within {timeout_s:.0f}s")
+
+
+class WebAndWorkers:
+    """A web server and rq workers against given services, each logging to its own file."""
+
+    def __init__(self, *, env: dict[str, str], log_dir: Path, port: int | None = None) -> None:
+        from ingestor_site.embedded import free_port
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # A local stack (tests, benchmarks): settings allow the development SECRET_KEY.
+        self.env = {"INGESTOR_LOCAL": "true", **env, "PYTHONUNBUFFERED": "1"}
+        self.log_dir = log_dir
+        self.web: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self._logs: dict[str, IO[bytes]] = {}
+
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        if name not in self._logs:
+            self._logs[name] = (self.log_dir / f"{name}.log").open("ab")
+        return spawn(command, env=self.env, log=self._logs[name])
+
+    def web_start(self, processes: int = 1, *, timeout_s: float = 30.0) -> None:
+        self.web = self._spawn("web", web_command(port=self.port, processes=processes))
+        live_wait(self.url, process=self.web, timeout_s=timeout_s)
+
+    def worker_start(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
+        worker = self._spawn(f"worker-{len(self.workers) + 1}", worker_command(name=name, extra=extra))
+        self.workers.append(worker)
+        return worker
+
+    def worker_stop(self, worker: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
+        stop([worker], label="worker", grace_s=grace_s)
+        self.workers.remove(worker)
+
+    def log(self, name: str) -> str:
+        for handle in self._logs.values():
+            handle.flush()
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Web server first (no new messages), then the workers (each finishes its batch)."""
+        if self.web is not None:
+            stop([self.web], label="web server", grace_s=grace_s)
+        stop(self.workers, label="worker", grace_s=grace_s)
+        for handle in self._logs.values():
+            handle.close()
+        self._logs.clear()
