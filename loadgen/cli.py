@@ -7,7 +7,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from loadgen.engine import LoadPlan, load_run
@@ -145,10 +145,20 @@ def _say(stream: TextIO, text: str) -> None:
     stream.flush()
 
 
-def load_test_run(options: Mapping[str, Any], *, stdout: TextIO, stderr: TextIO) -> int:
-    """Health check, send, (verify), report; return the exit code."""
-    if options.get("verify") and not options.get("database_url"):
-        options = {**options, "database_url": _local_database_url(options.get("url") or DEFAULT_URL)}
+def load_test_run(
+    options: Mapping[str, Any],
+    *,
+    stdout: TextIO,
+    stderr: TextIO,
+    database_for: Callable[[str], str | None] | None = None,
+) -> int:
+    """Health check, send, (verify), report; return the exit code.
+
+    `database_for(api_url)` names the database behind an API URL when the caller knows it (the
+    script asks its checkout's running `make run`), so --verify checks by id with no URL given.
+    """
+    if options.get("verify") and not options.get("database_url") and database_for is not None:
+        options = {**options, "database_url": database_for(options.get("url") or DEFAULT_URL)}
     plan = plan_from_options(options)
     thresholds = thresholds_from_options(options)
     try:
@@ -199,16 +209,6 @@ def load_test_run(options: Mapping[str, Any], *, stdout: TextIO, stderr: TextIO)
     return exit_code
 
 
-def _local_database_url(url: str) -> str | None:
-    """The database of this checkout's `make run` when `url` is its web server: --verify then
-    checks by id with no --database-url. None elsewhere (a generator copied out of the project)."""
-    try:
-        from ingestor_site.local_services import local_database_url
-    except ImportError:
-        return None
-    return local_database_url(url)
-
-
 def _verify(
     plan: LoadPlan, tally: Any, options: Mapping[str, Any], before: dict[str, Any] | None, stderr: TextIO
 ) -> dict[str, Any]:
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, database_for: Callable[[str], str | None] | None = None
+) -> int:
     options = vars(build_parser().parse_args(argv))
-    return load_test_run(options, stdout=sys.stdout, stderr=sys.stderr)
+    return load_test_run(options, stdout=sys.stdout, stderr=sys.stderr, database_for=database_for)
