@@ -6,12 +6,13 @@ import logging
 import os
 import socket
 import time
+from typing import Any
 
 from django.db import close_old_connections
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from messages_app.services import BatchRow, messages_persist
+from messages_app.services import BatchRow, PersistResult, messages_persist, rows_decode
 from telemetry import metrics
 from telemetry.connection import redis_connection
 
@@ -21,19 +22,24 @@ logger = logging.getLogger("messages_app.worker")
 _DERIVED_EVERY_S = 0.5
 
 
-def persist_batch(batch: list[BatchRow]) -> int:
-    """Persist one batch of messages, then record its metrics in one Redis pipeline."""
+def persist_batch(batch: list[Any]) -> int:
+    """Persist one batch of messages, then record its metrics in one Redis pipeline.
+
+    `batch` is the job's argument as JSON decoded it: a list of rows, each a list in BatchRow's
+    field order.
+    """
     job = get_current_job()
     started = time.perf_counter()
+    rows, malformed = rows_decode(batch)
     try:
-        result = messages_persist(batch=batch, job_id=job.id if job else "")
+        result = messages_persist(batch=rows, malformed=malformed, job_id=job.id if job else "")
     finally:
         # Hand the connection back to the pool, and drop it if PostgreSQL went away meanwhile,
         # so the retry of this job starts on a fresh one.
         close_old_connections()
     duration = time.perf_counter() - started
     try:
-        _metrics_record(batch, result.inserted, result.dead, duration, job.worker_name if job else None)
+        _metrics_record(rows, len(batch), result, duration, job.worker_name if job else None)
     except RedisError as exc:
         # The rows are committed: failing the job now would only re-run it and count it twice.
         logger.warning("Batch of %d saved, but its metrics were not recorded: %s", len(batch), exc)
@@ -41,17 +47,17 @@ def persist_batch(batch: list[BatchRow]) -> int:
 
 
 def _metrics_record(
-    batch: list[BatchRow], inserted: int, dead: int, duration: float, worker: str | None
+    rows: list[BatchRow], size: int, result: PersistResult, duration: float, worker: str | None
 ) -> None:
     now = time.time()
     redis = redis_connection()
     with redis.pipeline() as pipe:
         metrics.batch_record(
             pipe,
-            size=len(batch),
-            inserted=inserted,
-            dead=dead,
-            latencies_ms=[(now - row[4]) * 1000.0 for row in batch],
+            size=size,
+            inserted=result.inserted,
+            dead=result.dead,
+            latencies_ms=[(now - row.received) * 1000.0 for row in rows],
             duration_s=duration,
             worker=worker or f"{socket.gethostname()}:{os.getpid()}",
             now=now,
@@ -61,9 +67,9 @@ def _metrics_record(
     logger.info(
         "Batch #%d saved: %d messages in %.3fs (%.0f msg/s) | total %d",
         batch_number,
-        inserted,
+        result.inserted,
         duration,
-        len(batch) / duration if duration > 0 else 0.0,
+        size / duration if duration > 0 else 0.0,
         total_messages,
     )
     if metrics.derived_refresh_due(redis, every_s=_DERIVED_EVERY_S):

@@ -9,7 +9,6 @@ import psycopg
 from django.db import DatabaseError, connection
 from redis.exceptions import RedisError
 from rq import Worker
-from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from messages_app.models import Message
 from messages_app.services import ingest_queue
@@ -80,9 +79,9 @@ def queue_report() -> dict[str, Any]:
         "queue": queue.name,
         "backlog_messages": backlog_messages(),
         "jobs_queued": queue.count,
-        "jobs_running": StartedJobRegistry(queue=queue).count,
-        "jobs_scheduled_for_retry": ScheduledJobRegistry(queue=queue).count,
-        "jobs_failed": FailedJobRegistry(queue=queue).count,
+        "jobs_running": queue.started_job_registry.count,
+        "jobs_scheduled_for_retry": queue.scheduled_job_registry.count,
+        "jobs_failed": queue.failed_job_registry.count,
         "workers": Worker.count(queue=queue),
         "dead_letters": int(redis.get(metrics.TOTAL_DEAD_LETTERS) or 0),
         "last_batch": json.loads(last_batch) if last_batch else None,

@@ -6,6 +6,7 @@ import functools
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -23,8 +24,38 @@ from telemetry.connection import redis_connection
 logger = logging.getLogger(__name__)
 
 INGEST_QUEUE = "ingest"
-# A row of a batch as it travels in a JSON job: [id, user_id, channel_id, content, received_epoch].
-BatchRow = list[Any]
+
+
+class BatchRow(NamedTuple):
+    """One message of a batch, as the API accepted it.
+
+    In the rq job it travels as a JSON list in this field order (a tuple encodes as a list);
+    the worker rebuilds it with rows_decode().
+    """
+
+    id: str
+    user_id: int
+    channel_id: int
+    content: str
+    received: float  # when the API received it, seconds since the epoch
+
+
+_ROW_FIELDS = len(BatchRow._fields)
+
+
+def rows_decode(batch: list[Any]) -> tuple[list[BatchRow], list[Any]]:
+    """A job's batch as JSON decoded it: its rows of the right shape, and whatever else it holds.
+
+    The values are not checked here: PostgreSQL refuses what does not fit, and messages_persist
+    sets those rows aside. A job not made by the API (corrupt, or enqueued by hand) may also hold
+    entries that are not rows at all; those are returned apart, for the dead-letter table.
+    """
+    rows = [BatchRow._make(entry) for entry in batch if type(entry) is list and len(entry) == _ROW_FIELDS]
+    if len(rows) == len(batch):
+        return rows, []
+    malformed = [entry for entry in batch if not (type(entry) is list and len(entry) == _ROW_FIELDS)]
+    return rows, malformed
+
 
 # PostgreSQL down: retry with backoff for about 25 minutes before giving a job up to the failed
 # registry (from which `rq requeue` brings it back); a worker killed mid-batch uses one retry too.
@@ -48,9 +79,10 @@ class Enqueued(NamedTuple):
     jobs_waiting: int  # jobs in the queue no worker has taken yet: how far behind the workers are
 
 
-def batch_enqueue(*, batch: list[BatchRow]) -> Enqueued:
+def batch_enqueue(*, batch: Sequence[Sequence[Any]]) -> Enqueued:
     """Put one batch in Redis as one rq job, with its counters, in one transaction.
 
+    `batch` holds BatchRows, or lists in BatchRow's field order (tests, jobs made by hand).
     Blocking (redis-py): async callers run it in a thread, once per batch rather than per message.
     """
     queue = ingest_queue()
@@ -80,7 +112,7 @@ class PersistResult:
     dead: int
 
 
-def _rows_insert(batch: list[BatchRow], committed_at: datetime) -> int:
+def _rows_insert(batch: Sequence[Sequence[Any]], committed_at: datetime) -> int:
     """Insert rows in one statement, ignoring known ids; return how many were new.
 
     `unnest` over typed arrays sends the whole batch as a few array parameters: one round trip,
@@ -112,13 +144,24 @@ def _insert_sql() -> str:
     )
 
 
-def messages_persist(*, batch: list[BatchRow], job_id: str = "") -> PersistResult:
+def messages_persist(
+    *, batch: Sequence[Sequence[Any]], malformed: Sequence[Any] = (), job_id: str = ""
+) -> PersistResult:
     """Store a batch in one transaction, exactly once per id; isolate rows PostgreSQL refuses.
 
     Connection failures propagate so rq retries the whole job with backoff. A data error (a row
     that slipped past validation) splits the batch until the bad rows stand alone; those go to
-    the dead-letter table and every other row lands.
+    the dead-letter table and every other row lands. `malformed` entries (not rows at all, see
+    rows_decode) go to the dead-letter table once the rows are stored. The rows are BatchRows,
+    or lists in BatchRow's field order: only their positions are read.
     """
+    result = _rows_persist(batch, job_id) if batch else PersistResult(inserted=0, dead=0)
+    for entry in malformed:
+        _dead_letter_store(entry, ValueError(f"not a row of {_ROW_FIELDS} fields"), job_id)
+    return PersistResult(inserted=result.inserted, dead=result.dead + len(malformed))
+
+
+def _rows_persist(batch: Sequence[Sequence[Any]], job_id: str) -> PersistResult:
     committed_at = datetime.now(tz=UTC)
     try:
         with transaction.atomic():
@@ -129,16 +172,18 @@ def messages_persist(*, batch: list[BatchRow], job_id: str = "") -> PersistResul
             return PersistResult(inserted=0, dead=1)
         logger.warning("Batch of %d refused (%s); splitting to isolate the bad rows", len(batch), exc)
     middle = len(batch) // 2
-    first = messages_persist(batch=batch[:middle], job_id=job_id)
-    second = messages_persist(batch=batch[middle:], job_id=job_id)
+    first = _rows_persist(batch[:middle], job_id)
+    second = _rows_persist(batch[middle:], job_id)
     return PersistResult(inserted=first.inserted + second.inserted, dead=first.dead + second.dead)
 
 
-def _dead_letter_store(row: BatchRow, exc: Exception, job_id: str) -> None:
-    # A job not made by the API (corrupt, or enqueued by hand) may hold a row of any shape: keep
-    # whatever it holds rather than fail the whole job on it again at every retry.
+def _dead_letter_store(row: Any, exc: Exception, job_id: str) -> None:
+    # A job not made by the API (corrupt, or enqueued by hand) may hold an entry of any shape:
+    # keep whatever it holds rather than fail the whole job on it again at every retry.
     fields = ("id", "user_id", "channel_id", "content", "received_at")
-    payload: dict[str, Any] = dict(zip(fields, row, strict=False)) if isinstance(row, list) else {"row": row}
+    payload: dict[str, Any] = (
+        dict(zip(fields, row, strict=False)) if isinstance(row, list | tuple) else {"row": row}
+    )
     try:
         message_id = uuid.UUID(str(payload.get("id")))
     except ValueError:

@@ -22,7 +22,7 @@ _WORDS = (
 def _simulated_row(index: int, received: float, rng: random.Random) -> BatchRow:
     words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12)))
     content = f"simulated #{index + 1}: {words}"
-    return [str(uuid6.uuid7()), rng.randint(1, 1_000), rng.randint(1, 50), content, received]
+    return BatchRow(str(uuid6.uuid7()), rng.randint(1, 1_000), rng.randint(1, 50), content, received)
 
 
 async def burst_simulate(*, count: int) -> int:

@@ -69,7 +69,7 @@ def _client_id(value: Any, errors: dict[str, str]) -> str | None:
 def message_validate(payload: Any) -> tuple[ValidMessage | None, dict[str, str]]:
     """Check one decoded JSON value; return the message or a field -> reason mapping.
 
-    Unknown fields are ignored, as the reference ingestor's schema did, so its clients keep working.
+    Unknown fields are ignored, so a client that sends more than this schema knows keeps working.
     """
     if type(payload) is not dict:
         return None, {"body": "must be a JSON object"}

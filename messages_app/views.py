@@ -23,7 +23,8 @@ from redis.exceptions import RedisError
 from messages_app import selectors
 from messages_app.batcher import Overloaded, batcher_for_loop
 from messages_app.http import RETRY_AFTER_S, json_error, method_not_allowed, require_safe
-from messages_app.validation import message_validate
+from messages_app.services import BatchRow
+from messages_app.validation import ValidMessage, message_validate
 
 
 def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
@@ -55,7 +56,7 @@ def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
         return None, json_error(400, f"malformed JSON: {exc}")
 
 
-async def _submit(rows: list[list[Any]]) -> JsonResponse | None:
+async def _submit(rows: list[BatchRow]) -> JsonResponse | None:
     """Hand rows to the batcher; None once they are in Redis, else the 503 to answer."""
     try:
         await batcher_for_loop().submit(rows)
@@ -68,7 +69,7 @@ async def _submit(rows: list[list[Any]]) -> JsonResponse | None:
             503,
             f"queue unavailable: {type(exc).__name__}; if you retry, send these ids as `id`",
             redis="disconnected",
-            message_ids=[row[0] for row in rows],
+            message_ids=[row.id for row in rows],
         )
     return None
 
@@ -78,8 +79,10 @@ def _counted(response: JsonResponse) -> JsonResponse:
     return response
 
 
-def _row(message: Any, received: float) -> list[Any]:
-    return [message.id or str(uuid6.uuid7()), message.user_id, message.channel_id, message.content, received]
+def _row(message: ValidMessage, received: float) -> BatchRow:
+    return BatchRow(
+        message.id or str(uuid6.uuid7()), message.user_id, message.channel_id, message.content, received
+    )
 
 
 @csrf_exempt
@@ -101,7 +104,7 @@ async def messages(request: HttpRequest) -> HttpResponse:
     if problem is not None:
         return _counted(problem)
     queued_at = datetime.fromtimestamp(received, tz=UTC).isoformat()
-    return JsonResponse({"message_id": row[0], "status": "queued", "queued_at": queued_at}, status=201)
+    return JsonResponse({"message_id": row.id, "status": "queued", "queued_at": queued_at}, status=201)
 
 
 @csrf_exempt
@@ -121,7 +124,7 @@ async def messages_batch(request: HttpRequest) -> HttpResponse:
     if not items:
         return _counted(json_error(422, "'messages' must not be empty"))
     received = time.time()
-    rows: list[list[Any]] = []
+    rows: list[BatchRow] = []
     rejected: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         message, errors = message_validate(item)
@@ -131,7 +134,7 @@ async def messages_batch(request: HttpRequest) -> HttpResponse:
             rows.append(_row(message, received))
     body: dict[str, Any] = {
         "accepted": len(rows),
-        "message_ids": [row[0] for row in rows],
+        "message_ids": [row.id for row in rows],
         "rejected": rejected,
     }
     if not rows:

@@ -7,26 +7,33 @@ import logging
 import os
 import signal
 import sys
-from multiprocessing import get_context
-from typing import Any, cast
+import threading
+import time
+from typing import Any
 
 from rq import Queue, SimpleWorker
-from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
 from rq.job import Job, JobStatus
-from rq.scheduler import RQScheduler, run
-from rq.utils import as_text, current_timestamp
-
-_ForkProcess = get_context("fork").Process
 
 # A worker killed mid-batch leaves its job in the started registry until its heartbeat lapses;
 # rq's defaults (job timeout + 60 s, registries cleaned every 10 minutes) would hold those
-# acknowledged messages for minutes. These bound the recovery to well under a minute: the entry
-# lapses job timeout + HEARTBEAT_MARGIN_S after the batch started, and an idle worker looks every
-# MAINTENANCE_INTERVAL_S (IngestWorker.dequeue_timeout) and puts it straight back on the queue.
+# acknowledged messages for minutes. These bound the recovery to well under a minute
+# (abandoned_requeue_bound_s below).
 MAINTENANCE_INTERVAL_S = 5
 HEARTBEAT_MARGIN_S = 5
 WORKER_TTL_S = 30
+
+
+def abandoned_requeue_bound_s(job_timeout: int) -> int:
+    """The longest a killed worker's batch waits before a live worker puts it back on the queue.
+
+    Its started-registry entry lapses job_timeout + HEARTBEAT_MARGIN_S after the batch started,
+    so at most that long after the kill. A live worker runs its clean-up once more than
+    MAINTENANCE_INTERVAL_S has passed, checked after each job and after each blocking dequeue
+    (which lasts MAINTENANCE_INTERVAL_S): at most two intervals apart. With the defaults
+    (INGEST_JOB_TIMEOUT 20 s) that is 35 s, about 26 s on average.
+    """
+    return job_timeout + HEARTBEAT_MARGIN_S + 2 * MAINTENANCE_INTERVAL_S
 
 
 # rq logs four INFO lines per job and one per registry clean-up (every few seconds here); at
@@ -49,42 +56,37 @@ class _PerJobChatterFilter(logging.Filter):
 
 
 _PR_SET_PDEATHSIG = 1
+# The pid of the worker process whose forks must die with it; set when a worker starts working.
+_forking_worker_pid: int | None = None
+_fork_hook_registered = False
 
 
-def _scheduler_run(scheduler: IngestScheduler, parent_pid: int) -> None:
-    """rq's scheduler loop, in a child that dies with its worker.
+def _child_dies_with_worker() -> None:
+    """In a child forked from a worker (rq's scheduler): exit as soon as the worker is gone.
 
-    The child is forked from the worker and so holds copies of the worker's sockets. If it
-    outlived a worker killed with kill -9, the worker's Redis connection would stay open, and the
-    blocking dequeue pending on it would keep taking jobs for a client that is gone: they sat in
-    rq's intermediate queue until its one-minute clean-up failed them.
+    The child holds copies of the worker's sockets. If it outlived a worker killed with kill -9,
+    the worker's Redis connection would stay open, and the blocking dequeue pending on it would
+    keep taking jobs for a client that is gone: they would sit in rq's intermediate queue until
+    its one-minute clean-up failed them.
     """
+    global _forking_worker_pid
+    parent_pid = _forking_worker_pid
+    if parent_pid is None:
+        return
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the worker died before the line above took effect
+    else:
+        # No parent-death signal: notice the orphaning within a second.
+        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    if os.getppid() != parent_pid:  # the worker died before the lines above took effect
         os._exit(0)
-    scheduler.parent_pid = parent_pid
-    run(scheduler)
+    _forking_worker_pid = None  # the child's own children, if any, are not the worker's
 
 
-class IngestScheduler(RQScheduler):
-    """rq's scheduler (it re-enqueues jobs whose retry interval has passed), tied to its worker."""
-
-    parent_pid: int | None = None
-
-    def start(self) -> Any:
-        self._status = self.Status.STARTED
-        self._connection = None  # a Redis connection cannot cross the fork; the child opens its own
-        process = _ForkProcess(target=_scheduler_run, args=(self, os.getpid()), name="Scheduler")
-        self._process = cast(Any, process)
-        process.start()
-        return process
-
-    def heartbeat(self) -> None:
-        # Where there is no parent-death signal (not Linux), notice the orphaning within a second.
-        if self.parent_pid is not None and os.getppid() != self.parent_pid:
-            self._stop_requested = True
-        super().heartbeat()
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1)
+    os._exit(0)
 
 
 class IngestWorker(SimpleWorker):
@@ -100,34 +102,18 @@ class IngestWorker(SimpleWorker):
         if not any(isinstance(existing, _PerJobChatterFilter) for existing in self.log.filters):
             self.log.addFilter(_PerJobChatterFilter())
 
-    def _start_scheduler(
-        self,
-        burst: bool = False,
-        logging_level: str | None = "INFO",
-        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
-        log_format: str = DEFAULT_LOGGING_FORMAT,
-    ) -> None:
-        # rq's own method with IngestScheduler in place of RQScheduler.
-        self.scheduler = IngestScheduler(
-            self.queues,
-            connection=self.connection,
-            logging_level=logging_level if logging_level is not None else self.log.level,
-            date_format=date_format,
-            log_format=log_format,
-            serializer=self.serializer,
-        )
-        self.scheduler.acquire_locks()
-        if not self.scheduler.acquired_locks:
-            return
-        if burst:
-            try:
-                self.scheduler.register_birth()
-                self.scheduler.enqueue_scheduled_jobs()
-            finally:
-                self.scheduler.release_locks()
-                self.scheduler.register_death()
-        else:
-            self.scheduler.start()
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        # rq forks its scheduler from this process (a multiprocessing "fork" Process; jobs run
+        # here, unforked), so an at-fork hook reaches the scheduler child before rq's code runs
+        # in it: the child dies with this worker without any of rq's scheduler code replaced.
+        # Both rq's and django-rq's commands pass with_scheduler by keyword.
+        global _forking_worker_pid, _fork_hook_registered
+        if kwargs.get("with_scheduler"):
+            _forking_worker_pid = os.getpid()
+            if not _fork_hook_registered:
+                os.register_at_fork(after_in_child=_child_dies_with_worker)
+                _fork_hook_registered = True
+        return bool(super().work(*args, **kwargs))
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # SimpleWorker sends no heartbeat while a job runs: the TTL must cover the whole job.
@@ -143,7 +129,7 @@ class IngestWorker(SimpleWorker):
     def clean_registries(self) -> None:
         for queue in self.queues:
             self._abandoned_requeue(queue)
-        super().clean_registries()
+        super().clean_registries()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
 
     def _abandoned_requeue(self, queue: Queue) -> None:
         """Put the jobs of dead workers back at the front of the queue, at once.
@@ -155,15 +141,20 @@ class IngestWorker(SimpleWorker):
         batch that keeps killing its worker still ends in the failed registry.
         """
         registry = queue.started_job_registry
+        expired = set(registry.get_expired_job_ids())
+        if not expired:
+            return
         connection = queue.connection
-        # Without scores asked, the members come back as plain bytes.
-        entries = cast("list[bytes]", connection.zrangebyscore(registry.key, 0, current_timestamp()))
-        for entry in entries:
-            job = queue.fetch_job(registry.parse_job_id(entry))
+        for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
+            if job_id not in expired:
+                continue
+            job = queue.fetch_job(job_id)
             if job is None or job.get_status() != JobStatus.STARTED or not job.retries_left:
                 continue  # finished meanwhile, or out of retries: rq's clean-up handles it
+            execution = Execution(id=execution_id, job_id=job_id, connection=connection)
             # Removing the entry is the claim: of several workers cleaning up, one requeues it.
-            if not connection.zrem(registry.key, entry):
+            # (rq's remove_execution() does the same ZREM but does not say whether it removed.)
+            if not connection.zrem(registry.key, execution.composite_key):
                 continue
             job.retries_left -= 1
             try:
@@ -172,12 +163,13 @@ class IngestWorker(SimpleWorker):
                     # Forget the dead execution too: its hash expires a minute before the job's
                     # execution-registry entry, and rq would fail the rerun's success bookkeeping
                     # on the missing hash (then run the batch a third time).
-                    execution = Execution.from_composite_key(as_text(entry), connection=connection)
                     execution.delete(job=job, pipeline=pipe)
                     pipe.execute()
             except Exception:
-                # Give the claim back, so the next clean-up (ours or rq's) sees the job again.
-                connection.zadd(registry.key, {entry: 0})
+                # Give the claim back, already expired, so the next clean-up (ours or rq's) sees it.
+                with connection.pipeline() as pipe:
+                    registry.add_execution(execution, pipeline=pipe, ttl=0)
+                    pipe.execute()
                 self.log.exception("Worker %s: could not requeue abandoned job %s", self.name, job.id)
                 continue
             self.log.warning(

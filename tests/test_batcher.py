@@ -22,17 +22,25 @@ from messages_app.batcher import Batcher, Overloaded
 WAIT_S = 10
 
 
-def _rows(count: int, channel_id: int = 1) -> list[list[Any]]:
-    return [[str(uuid.uuid4()), 1, channel_id, f"message {index}", 1_700_000_000.0] for index in range(count)]
+def _rows(count: int, channel_id: int = 1) -> list[services.BatchRow]:
+    return [
+        services.BatchRow(str(uuid.uuid4()), 1, channel_id, f"message {index}", 1_700_000_000.0)
+        for index in range(count)
+    ]
 
 
 def _batcher(*, size: int = 500, linger_s: float = 0.05, max_backlog: int = 1_000_000) -> Batcher:
     return Batcher(enqueue=services.batch_enqueue, size=size, linger_s=linger_s, max_backlog=max_backlog)
 
 
-def _jobs() -> list[list[list[Any]]]:
-    """The batch of each job waiting in the `ingest` queue."""
-    return [job.args[0] for job in services.ingest_queue().get_jobs()]
+def _jobs() -> list[list[services.BatchRow]]:
+    """The batch of each job waiting in the `ingest` queue, rebuilt as the worker rebuilds it."""
+    batches = []
+    for job in services.ingest_queue().get_jobs():
+        rows, malformed = services.rows_decode(job.args[0])
+        assert malformed == []
+        batches.append(rows)
+    return batches
 
 
 async def test_flushes_as_soon_as_it_holds_batch_size_rows(redis_client: redis_lib.Redis) -> None:

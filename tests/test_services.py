@@ -21,16 +21,24 @@ from rq.serializers import JSONSerializer
 
 from messages_app import services
 from messages_app.models import BIGINT_MAX, DeadLetter, Message
-from messages_app.services import PERSIST_RETRY, batch_enqueue, messages_persist, messages_reset
+from messages_app.services import (
+    PERSIST_RETRY,
+    BatchRow,
+    batch_enqueue,
+    messages_persist,
+    messages_reset,
+    rows_decode,
+)
 from telemetry import metrics
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _rows(count: int, *, channel_id: int = 1, received: float | None = None) -> list[list[Any]]:
+def _rows(count: int, *, channel_id: int = 1, received: float | None = None) -> list[BatchRow]:
     received = time.time() if received is None else received
     return [
-        [str(uuid.uuid4()), 1 + index, channel_id, f"message {index}", received] for index in range(count)
+        BatchRow(str(uuid.uuid4()), 1 + index, channel_id, f"message {index}", received)
+        for index in range(count)
     ]
 
 
@@ -77,16 +85,16 @@ def test_persist_stores_a_row_repeated_inside_one_batch_once() -> None:
 
 def test_persist_accepts_the_extremes_validation_lets_through() -> None:
     batch = [
-        [str(uuid.uuid4()), BIGINT_MAX, BIGINT_MAX, "x" * 2000, time.time()],
-        [str(uuid.uuid4()), 1, 1, "\U0001f600" * 2000, time.time()],
-        [str(uuid.uuid4()), 1, 1, "quotes ' \" \\ and {braces} , commas", time.time()],
+        BatchRow(str(uuid.uuid4()), BIGINT_MAX, BIGINT_MAX, "x" * 2000, time.time()),
+        BatchRow(str(uuid.uuid4()), 1, 1, "\U0001f600" * 2000, time.time()),
+        BatchRow(str(uuid.uuid4()), 1, 1, "quotes ' \" \\ and {braces} , commas", time.time()),
     ]
     assert messages_persist(batch=batch).inserted == 3
     assert set(Message.objects.values_list("content", flat=True)) == {row[3] for row in batch}
 
 
 @pytest.mark.parametrize(
-    "bad_row",
+    "bad_values",
     [
         [None, 1, 1, "a\x00b", 0.0],  # NUL: PostgreSQL's text cannot hold it
         [None, BIGINT_MAX + 1, 1, "too big", 0.0],  # outside bigint
@@ -96,8 +104,8 @@ def test_persist_accepts_the_extremes_validation_lets_through() -> None:
     ],
     ids=["nul", "bigint-overflow", "bigint-underflow", "too-long", "lone-surrogate"],
 )
-def test_a_bad_row_goes_to_dead_letters_and_the_rest_of_its_batch_lands(bad_row: list[Any]) -> None:
-    bad_row = [str(uuid.uuid4()), *bad_row[1:4], time.time()]
+def test_a_bad_row_goes_to_dead_letters_and_the_rest_of_its_batch_lands(bad_values: list[Any]) -> None:
+    bad_row = BatchRow(str(uuid.uuid4()), bad_values[1], bad_values[2], bad_values[3], time.time())
     good = _rows(9)
     batch = [*good[:4], bad_row, *good[4:]]
     result = messages_persist(batch=batch, job_id="job-1")
@@ -124,7 +132,12 @@ def test_a_bad_row_goes_to_dead_letters_and_the_rest_of_its_batch_lands(bad_row:
 )
 def test_a_corrupt_row_from_outside_the_api_is_kept_aside_too(corrupt_row: Any) -> None:
     good = _rows(4)
-    result = messages_persist(batch=[*good[:2], corrupt_row, *good[2:]], job_id="hand-made")
+    # As a job's argument arrives from JSON: lists.
+    rows, malformed = rows_decode(
+        [*[list(row) for row in good[:2]], corrupt_row, *[list(row) for row in good[2:]]]
+    )
+    assert rows[:2] == good[:2] and rows[-2:] == good[2:]
+    result = messages_persist(batch=rows, malformed=malformed, job_id="hand-made")
     assert (result.inserted, result.dead) == (4, 1)
     assert _stored_ids() == {row[0] for row in good}
     letter = DeadLetter.objects.get()
@@ -134,7 +147,7 @@ def test_a_corrupt_row_from_outside_the_api_is_kept_aside_too(corrupt_row: Any) 
 
 def test_several_bad_rows_are_each_isolated() -> None:
     good = _rows(20)
-    bad = [[str(uuid.uuid4()), 1, 1, f"bad\x00{index}", time.time()] for index in range(3)]
+    bad = [BatchRow(str(uuid.uuid4()), 1, 1, f"bad\x00{index}", time.time()) for index in range(3)]
     batch = [bad[0], *good[:10], bad[1], *good[10:], bad[2]]
     result = messages_persist(batch=batch)
     assert (result.inserted, result.dead) == (20, 3)
@@ -154,7 +167,9 @@ def test_batch_enqueue_puts_one_json_job_with_a_retry_policy(redis_client: redis
     assert enqueued.backlog == 4
     assert enqueued.jobs_waiting == 1
     (job,) = services.ingest_queue().get_jobs()
-    assert job.args == (batch,) or list(job.args) == [batch]
+    # Each BatchRow travels as a JSON list, in its field order.
+    as_json = [[row.id, row.user_id, row.channel_id, row.content, row.received] for row in batch]
+    assert list(job.args) == [as_json]
     assert job.retries_left == PERSIST_RETRY.max
     assert job.timeout is not None and job.timeout <= 60
     # Stored as (zlib-compressed) JSON, never pickle: any language can read the queue.
@@ -162,7 +177,7 @@ def test_batch_enqueue_puts_one_json_job_with_a_retry_policy(redis_client: redis
     assert isinstance(raw, bytes)
     function, _instance, args, _kwargs = json.loads(zlib.decompress(raw))
     assert function == "messages_app.jobs.persist_batch"
-    assert args == [batch]
+    assert args == [as_json]
 
 
 def test_a_job_run_by_a_worker_persists_its_batch_and_updates_the_metrics(
@@ -214,7 +229,7 @@ def test_a_job_run_twice_stores_its_rows_once(redis_client: redis_lib.Redis) -> 
 
 def test_a_job_with_a_bad_row_succeeds_and_counts_the_dead_letter(redis_client: redis_lib.Redis) -> None:
     good = _rows(5)
-    bad = [str(uuid.uuid4()), 1, 1, "nul\x00here", time.time()]
+    bad = BatchRow(str(uuid.uuid4()), 1, 1, "nul\x00here", time.time())
     batch_enqueue(batch=[*good, bad])
     _work()
     assert Message.objects.count() == 5
@@ -226,13 +241,34 @@ def test_a_job_with_a_bad_row_succeeds_and_counts_the_dead_letter(redis_client: 
     assert json.loads(redis_client.get(metrics.LAST_BATCH) or "{}")["dead"] == 1
 
 
+def test_a_job_holding_entries_that_are_not_rows_sets_them_aside_and_lands_the_rest(
+    redis_client: redis_lib.Redis,
+) -> None:
+    good = _rows(5)
+    # A job made by hand or corrupted: entries of the wrong shape, among good rows.
+    batch_enqueue(batch=[*good[:2], ["only", "four", "fields", "x"], *good[2:], [*good[0], "extra"]])
+    _work()
+    assert _stored_ids() == {row.id for row in good}
+    assert DeadLetter.objects.count() == 2
+    assert FailedJobRegistry(queue=services.ingest_queue()).count == 0
+    assert json.loads(redis_client.get(metrics.LAST_BATCH) or "{}")["dead"] == 2
+
+
+def test_rows_decode_rebuilds_rows_and_keeps_every_other_entry_apart() -> None:
+    row = BatchRow(str(uuid.uuid4()), 1, 2, "hi", 1.5)
+    rows, malformed = rows_decode([list(row), None, [1, 2], "text", list(row)])
+    assert rows == [row, row] and all(type(decoded) is BatchRow for decoded in rows)
+    assert rows[0].content == "hi" and rows[0].received == 1.5
+    assert malformed == [None, [1, 2], "text"]
+
+
 # messages_reset
 
 
 def test_reset_empties_the_tables_and_counters_but_keeps_the_backlog(redis_client: redis_lib.Redis) -> None:
     batch_enqueue(batch=_rows(3))
     _work()
-    messages_persist(batch=[[str(uuid.uuid4()), 1, 1, "\x00", time.time()]])
+    messages_persist(batch=[BatchRow(str(uuid.uuid4()), 1, 1, "\x00", time.time())])
     batch_enqueue(batch=_rows(2))  # acknowledged, not yet persisted
     messages_reset()
     assert Message.objects.count() == 0

@@ -21,7 +21,7 @@ class Command(DjangoRQWorkerCommand):
     help = "Run an rq worker for the given queues (default: ingest) with the JSON serializer."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        super().add_arguments(parser)
+        super().add_arguments(parser)  # type: ignore[no-untyped-call]  # django-rq leaves it unannotated
         parser.add_argument(
             "--without-scheduler",
             action="store_false",
@@ -36,4 +36,4 @@ class Command(DjangoRQWorkerCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        super().handle(*(args or ("ingest",)), **options)
+        super().handle(*(args or ("ingest",)), **options)  # type: ignore[no-untyped-call]  # as above
