@@ -34,7 +34,7 @@ class LiveStack(WebAndWorkers):
             log_dir=log_dir,
         )
 
-    def worker_start(self, *extra_args: str) -> subprocess.Popen[bytes]:  # type: ignore[override]
+    def worker_start(self, *extra_args: str) -> subprocess.Popen[bytes]:
         return super().worker_start(self.worker_name(len(self.workers) + 1), *extra_args)
 
     def worker_name(self, index: int) -> str:

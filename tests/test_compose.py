@@ -78,7 +78,8 @@ def app_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def compose_defaults(tmp_path: Path) -> dict[str, Any]:
     result = compose_config(tmp_path)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
