@@ -124,7 +124,7 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeo
 
 
 class EmbeddedServer:
-    """A server process we started and must stop: start(), stop(), pause()/resume() for tests."""
+    """A server process we started and must stop: start(), stop(), and kill() for crash tests."""
 
     name = "server"
 

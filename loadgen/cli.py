@@ -22,7 +22,7 @@ from loadgen.report import (
 )
 from loadgen.server import ApiUnreachable, api_health, api_stats, queue_drain_wait
 
-# name: (messages, concurrency), as in the reference load test.
+# name: (messages, concurrency), the presets of the load-testing guide users know from the FastAPI ingestor.
 PRESETS: dict[str, tuple[int, int]] = {
     "quick": (1_000, 50),
     "stress": (10_000, 200),

@@ -141,7 +141,7 @@ def _latency_line(latency: dict[str, Any]) -> str:
 
 
 def report_text(report: dict[str, Any]) -> str:
-    """The human-readable results, in the layout of the reference load test (and then some)."""
+    """The human-readable results, in the layout of the load-testing guide's own tool (and then some)."""
     config = report["config"]
     lines = [
         RULE,
