@@ -457,9 +457,23 @@ def main() -> int:
         load_after=os.getloadavg()[0],
         generated_at=datetime.now(tz=UTC),
     )
-    args.output.write_text(report_render(report))
+    args.output.write_text(report_render(report) + kept_sections(args.output))
     say(f"wrote {args.output} in {minutes:.1f} min")
     return 0
+
+
+# Sections after this line come from other benchmark scripts (each says which); a regeneration
+# keeps them as they are.
+OTHER_SCRIPTS_MARKER = "<!-- Sections below are written by other scripts; make bench keeps them. -->"
+
+
+def kept_sections(path: Path) -> str:
+    """What follows OTHER_SCRIPTS_MARKER in the existing report, the marker included."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    at = text.find(OTHER_SCRIPTS_MARKER)
+    return "" if at < 0 else "\n" + text[at:]
 
 
 def _ceiling_figures(run: Run) -> dict[str, float]:

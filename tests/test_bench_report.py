@@ -121,3 +121,13 @@ def test_the_report_names_the_busiest_other_processes_when_there_were_any(bench:
     for table in re.findall(r"(?:^\|.*\|\n)+", text, flags=re.MULTILINE):
         widths = {row.count(" | ") for row in table.splitlines() if not row.startswith("|---")}
         assert len(widths) == 1, table
+
+
+def test_a_regeneration_keeps_the_sections_other_scripts_wrote(bench: ModuleType, tmp_path: Path) -> None:
+    report = tmp_path / "BENCHMARKS.md"
+    other = f"{bench.OTHER_SCRIPTS_MARKER}\n\n## Partitions\n\nfigures from another script\n"
+    report.write_text("# old generated part\n\n" + other)
+    assert bench.kept_sections(report) == "\n" + other
+    assert bench.kept_sections(tmp_path / "missing.md") == ""
+    report.write_text("# a report without other sections\n")
+    assert bench.kept_sections(report) == ""
