@@ -10,12 +10,15 @@ import sys
 from multiprocessing import get_context
 from typing import Any, cast
 
+from django.db import close_old_connections
 from rq import Queue, SimpleWorker
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler, run
 from rq.utils import as_text, current_timestamp
+
+from messages_app.partitions import partitions_maintain_when_due
 
 _ForkProcess = get_context("fork").Process
 
@@ -139,6 +142,15 @@ class IngestWorker(SimpleWorker):
         # rq runs maintenance only between two blocking dequeues, which last worker_ttl - 15 s:
         # an idle worker would look for abandoned jobs that much less often than intended.
         return MAINTENANCE_INTERVAL_S
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()
+        # The messages table's partitions, on the worker fleet's own tick: at start-up, then every
+        # partitions.MAINTENANCE_EVERY_S by whichever worker claims it first.
+        try:
+            partitions_maintain_when_due(redis=self.connection)
+        finally:
+            close_old_connections()
 
     def clean_registries(self) -> None:
         for queue in self.queues:
