@@ -63,6 +63,14 @@ def prometheus_render(read: PrometheusRead) -> str:
             f"Messages persisted per second over the last {metrics.RATE_WINDOW_S} seconds.",
             read.gauges[metrics.CURRENT_RPS])  # fmt: skip
 
+    # From the last partition maintenance: alert when the first is above 0 or the second is below a day.
+    _family(lines, "ingestor_messages_default_partition_rows", "gauge",
+            "Messages whose id falls in no time partition (kept in messages_default).",
+            read.gauges[metrics.PARTITIONS_DEFAULT_ROWS])  # fmt: skip
+    _family(lines, "ingestor_message_partitions_covered_until_seconds", "gauge",
+            "Unix time up to which partitions exist for new messages (0 before the first maintenance).",
+            read.gauges[metrics.PARTITIONS_COVERED_UNTIL])  # fmt: skip
+
     name = "ingestor_latency_window_seconds"
     lines += [
         f"# HELP {name} Receipt-to-commit latency over the last {metrics.LATENCY_WINDOW_S} seconds.",

@@ -20,7 +20,8 @@ from django.contrib.admin.sites import site
 from django.core.management import call_command
 from django.db import connection, connections
 from django.db.migrations.executor import MigrationExecutor
-from django.test import RequestFactory, override_settings
+from django.test import Client, RequestFactory, override_settings
+from prometheus_client.parser import text_string_to_metric_families
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
@@ -211,6 +212,18 @@ def test_a_row_with_no_partition_lands_in_the_default_is_reported_and_moves_when
     # Still one row per id once it moved: the same id again is ignored.
     assert messages_persist(batch=[_row(message_id, time.time())]).inserted == 0
     assert Message.objects.filter(id=message_id).count() == 1
+
+
+def test_metrics_expose_the_default_partitions_rows_and_how_far_partitions_reach(
+    redis_client: redis_lib.Redis,
+) -> None:
+    messages_persist(batch=[_row(uuid7_at(datetime.now(tz=UTC) + 30 * DAY), time.time())])
+    partitions.partitions_maintain_when_due(redis=redis_client)
+    text = Client().get("/metrics").content.decode()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert families["ingestor_messages_default_partition_rows"].samples[0].value == 1
+    covered = families["ingestor_message_partitions_covered_until_seconds"].samples[0].value
+    assert covered >= (_today() + 4 * DAY).timestamp()
 
 
 def test_a_job_made_without_the_api_with_uuid4_ids_is_stored_once() -> None:
