@@ -275,10 +275,35 @@ def partition_create(start: datetime, end: datetime) -> tuple[str, int]:
     return name, moved
 
 
+# Marks a partition detached for dropping, so a drop that failed after the detach is finished later.
+DETACHED_COMMENT = "detached by partition maintenance, to be dropped"
+
+
 def partition_drop(partition: Partition) -> None:
+    """Detach, then drop: inserts wait for the catalogue change only (milliseconds), not for the
+    removal of the partition's files, which happens on a table no insert can reach any more."""
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-        cursor.execute(f"DROP TABLE {_quote(partition.name)}")
+        cursor.execute(f"ALTER TABLE {_quote(TABLE)} DETACH PARTITION {_quote(partition.name)}")
+        cursor.execute(f"COMMENT ON TABLE {_quote(partition.name)} IS '{DETACHED_COMMENT}'")
+    _detached_drop([partition.name])
+
+
+def _detached_drop(names: list[str] | None = None) -> list[str]:
+    """Drop the tables detached for dropping (all of them when `names` is None)."""
+    if names is None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_description d ON d.objoid = c.oid "
+                "AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0 "
+                "WHERE c.relkind = 'r' AND d.description = %s AND c.relname LIKE %s",
+                [DETACHED_COMMENT, f"{TABLE}\\_p%"],
+            )
+            names = [row[0] for row in cursor.fetchall()]
+    for name in names:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {_quote(name)}")
+    return names
 
 
 def _delete_older(table: str, cutoff: datetime, column: str) -> int:
@@ -329,6 +354,7 @@ def partitions_maintain(*, now: datetime | None = None, dry_run: bool = False) -
                     continue
                 report.created.append(name)
                 report.moved_from_default += moved
+            report.dropped += _detached_drop()
             for partition in plan.drop:
                 try:
                     partition_drop(partition)

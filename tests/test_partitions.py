@@ -130,6 +130,26 @@ def test_expired_partitions_are_dropped_with_their_rows_and_the_rest_kept() -> N
     assert first.end is not None and first.end > datetime.now(tz=UTC) - timedelta(days=30)
 
 
+def test_a_partition_left_detached_by_an_interrupted_drop_is_dropped_by_the_next_run() -> None:
+    old = datetime.now(tz=UTC) - 40 * DAY
+    partitions.partitions_maintain(now=old)
+    name = f"messages_p{old:%Y%m%d}"
+    kept = f"messages_p{old + DAY:%Y%m%d}"
+    with connection.cursor() as cursor:
+        for table in (name, kept):  # one detached to drop, one detached by a human to keep
+            cursor.execute(f"ALTER TABLE messages DETACH PARTITION {table}")
+        cursor.execute(f"COMMENT ON TABLE {name} IS %s", [partitions.DETACHED_COMMENT])
+    try:
+        report = partitions.partitions_maintain()
+        assert name in report.dropped
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass(%s), to_regclass(%s)", [name, kept])
+            assert cursor.fetchone() == (None, kept)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {kept}")
+
+
 def test_without_retention_nothing_is_dropped() -> None:
     old = datetime.now(tz=UTC) - 400 * DAY
     partitions.partitions_maintain(now=old)
