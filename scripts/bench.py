@@ -45,6 +45,7 @@ from ingestor_site.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  #
 DATA_DIR = BASE_DIR / ".data" / "bench"
 LOAD_TEST = str(BASE_DIR / "scripts" / "load_test.py")
 WEB_PROCESSES = 2  # as `make run`
+PARTITIONS_SECTION = "\n## Partitions"
 POST_LUA = """
 local counter = 0
 request = function()
@@ -479,7 +480,10 @@ def main() -> int:
     minutes = (time.monotonic() - started) / 60
     text = markdown(results, ceiling, machine=machine, runs=runs, minutes=minutes,
                     neighbours=watch, load=(load_before, load_after))  # fmt: skip
-    args.output.write_text(text)
+    # The partitions section comes from scripts/bench_partitions.py: keep it as it is.
+    previous = args.output.read_text() if args.output.exists() else ""
+    kept = previous[previous.index(PARTITIONS_SECTION) :] if PARTITIONS_SECTION in previous else ""
+    args.output.write_text(text.rstrip("\n") + "\n" + kept)
     say(f"wrote {args.output} in {minutes:.1f} min")
     return 0
 

@@ -119,18 +119,30 @@ def plain_table_create() -> None:
             cursor.execute(f"CREATE INDEX ON {PLAIN_TABLE} ({columns})")
 
 
-def persist_timed(work: list[list[list[Any]]], table: str) -> float:
-    """Seconds messages_persist takes for these batches, the model pointed at `table`."""
+def cpu_seconds() -> float:
+    """CPU time of this process and of its PostgreSQL backend: the cost of the inserts, which a
+    busy neighbour slows down but does not add to."""
+    from django.db import connection
+
+    connection.ensure_connection()
+    pid = connection.connection.info.backend_pid
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    backend = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return time.process_time() + backend
+
+
+def persist_timed(work: list[list[list[Any]]], table: str) -> tuple[float, float]:
+    """Wall and CPU seconds messages_persist takes for these batches, the model pointed at `table`."""
     from messages_app import services
     from messages_app.models import Message
 
     Message._meta.db_table = table
     services._insert_sql.cache_clear()
     try:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu_seconds()
         for batch in work:
             services.messages_persist(batch=batch)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, cpu_seconds() - cpu_started
     finally:
         Message._meta.db_table = "messages"
         services._insert_sql.cache_clear()
@@ -144,6 +156,7 @@ def inserts(options: argparse.Namespace) -> None:
     texts = sample_texts()
     layouts = {"unpartitioned": PLAIN_TABLE, "partitioned": "messages"}
     figures: dict[tuple[str, int], list[float]] = {}
+    cpu_figures: dict[tuple[str, int], list[float]] = {}
     with services() as (database_url, redis_url):
         django_setup(database_url, redis_url)
         migrate()
@@ -155,22 +168,47 @@ def inserts(options: argparse.Namespace) -> None:
                 per_chunk = max(20_000 // size, 1)
                 chunks = options.rows // (per_chunk * size)
                 seconds = dict.fromkeys(layouts, 0.0)
+                cpu = dict.fromkeys(layouts, 0.0)
                 for chunk in range(chunks):
                     order = list(layouts) if chunk % 2 == 0 else list(reversed(layouts))
                     for layout in order:
-                        seconds[layout] += persist_timed(batches(per_chunk, size, texts), layouts[layout])
+                        wall, used = persist_timed(batches(per_chunk, size, texts), layouts[layout])
+                        seconds[layout] += wall
+                        cpu[layout] += used
+                rows = chunks * per_chunk * size
                 for layout in layouts:
-                    rate = chunks * per_chunk * size / seconds[layout]
+                    rate = rows / seconds[layout]
                     figures.setdefault((layout, size), []).append(rate)
-                    say(f"run {run + 1}: {layout}, batches of {size}: {rate:,.0f} rows/s")
-    print("| batch size | unpartitioned rows/s: median (runs) | partitioned rows/s: median (runs) | ratio |")
-    print("|---:|---|---|---:|")
+                    cpu_figures.setdefault((layout, size), []).append(cpu[layout] / rows * 1e6)
+                    say(
+                        f"run {run + 1}: {layout}, batches of {size}: {rate:,.0f} rows/s, "
+                        f"{cpu[layout] / rows * 1e6:.1f} µs CPU a row"
+                    )
+    print(
+        "| batch size | unpartitioned rows/s: median (runs) | partitioned rows/s: median (runs) | "
+        "partitioned / unpartitioned: median of the runs' ratios (runs) |"
+    )
+    print("|---:|---|---|---|")
     for size in BATCH_SIZES:
         before, after = figures[("unpartitioned", size)], figures[("partitioned", size)]
+        ratios = [b / a for a, b in zip(before, after, strict=True)]
         runs = lambda values: ", ".join(f"{value:,.0f}" for value in values)  # noqa: E731
         print(
             f"| {size} | **{statistics.median(before):,.0f}** ({runs(before)}) | "
             f"**{statistics.median(after):,.0f}** ({runs(after)}) | "
+            f"**{statistics.median(ratios):.2f}** ({', '.join(f'{ratio:.2f}' for ratio in ratios)}) |"
+        )
+    print()
+    print(
+        "| batch size | unpartitioned µs CPU a row: median (runs) | partitioned µs CPU a row: median (runs) | ratio |"
+    )
+    print("|---:|---|---|---:|")
+    for size in BATCH_SIZES:
+        before, after = cpu_figures[("unpartitioned", size)], cpu_figures[("partitioned", size)]
+        runs = lambda values: ", ".join(f"{value:.1f}" for value in values)  # noqa: E731
+        print(
+            f"| {size} | **{statistics.median(before):.1f}** ({runs(before)}) | "
+            f"**{statistics.median(after):.1f}** ({runs(after)}) | "
             f"{statistics.median(after) / statistics.median(before):.2f} |"
         )
 
@@ -274,7 +312,7 @@ def drop(options: argparse.Namespace) -> None:
 
     from messages_app import partitions
 
-    results: list[tuple[str, int, int, float, dict[str, Any], dict[str, Any]]] = []
+    results: list[tuple[str, int, int, dict[str, float], dict[str, Any], dict[str, Any]]] = []
     with services() as (database_url, redis_url):
         django_setup(database_url, redis_url)
         migrate()
@@ -288,36 +326,45 @@ def drop(options: argparse.Namespace) -> None:
                 ) * timedelta(days=1)
                 name, rows, size = partition_fill(dsn, day, options.rows)
                 say(f"{name}: {rows:,} rows, {size / 2**20:.0f} MiB with indexes")
-                baseline = load_run(stack.url, database_url, options.rate, options.duration)
-                drain_wait(stack.url)
                 timing: dict[str, float] = {}
 
                 def drop_midway(name: str = name, timing: dict[str, float] = timing) -> None:
                     time.sleep(options.duration / 2)
                     target = next(p for p in partitions.partitions_list() if p.name == name)
-                    started = time.perf_counter()
-                    partitions.partition_drop(target)
-                    timing["drop_s"] = time.perf_counter() - started
+                    timing["detach_s"], timing["drop_s"] = partitions.partition_drop(target)
 
+                # Every other repeat measures the drop first, so the order favours neither.
+                if repeat % 2 == 0:
+                    baseline = load_run(stack.url, database_url, options.rate, options.duration)
+                    drain_wait(stack.url)
                 dropper = threading.Thread(target=drop_midway)
                 dropper.start()
                 during = load_run(stack.url, database_url, options.rate, options.duration)
                 dropper.join()
                 drain_wait(stack.url)
-                say(f"dropped {name} in {timing['drop_s'] * 1000:.0f} ms")
-                results.append((name, rows, size, timing["drop_s"], baseline, during))
+                if repeat % 2 == 1:
+                    baseline = load_run(stack.url, database_url, options.rate, options.duration)
+                    drain_wait(stack.url)
+                say(
+                    f"{name}: detached in {timing['detach_s'] * 1000:.0f} ms, dropped in {timing['drop_s'] * 1000:.0f} ms"
+                )
+                results.append((name, rows, size, timing, baseline, during))
         finally:
             stack.stop()
     print(
-        "| repeat | partition dropped | DROP took | run | acknowledged msg/s | lost / duplicated | "
+        "| repeat | partition dropped | DETACH / DROP took | run | acknowledged msg/s | lost / duplicated | "
         "API p50 | API p99 | API max | receipt → commit p99 |"
     )
     print("|---:|---|---:|---|---:|---:|---:|---:|---:|---:|")
-    for number, (name, rows, size, seconds, baseline, during) in enumerate(results, start=1):
+    for number, (name, rows, size, timing, baseline, during) in enumerate(results, start=1):
         for label, report in (("no drop", baseline), ("drop at half time", during)):
             latency, e2e = report["latency_ms"], report.get("e2e_latency_ms") or {}
             dropped = f"{name} ({rows:,} rows, {size / 2**20:.0f} MiB)" if label == "no drop" else ""
-            took = f"{seconds * 1000:.0f} ms" if label != "no drop" else ""
+            took = (
+                f"{timing['detach_s'] * 1000:.0f} / {timing['drop_s'] * 1000:.0f} ms"
+                if label != "no drop"
+                else ""
+            )
             print(
                 f"| {number} | {dropped} | {took} | {label} | {report['throughput_msgs_per_s']:,.0f} | "
                 f"{report.get('lost')} / {report.get('duplicated')} | {latency['p50']:.1f} ms | "
