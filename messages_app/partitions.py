@@ -28,6 +28,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from redis.exceptions import RedisError
 
 from telemetry import metrics
 from telemetry.connection import redis_connection
@@ -410,7 +411,10 @@ def partitions_maintain_when_due(*, redis: Any | None = None) -> MaintenanceRepo
     if not report.ran or report.errors:
         redis.expire(MAINTENANCE_DUE_KEY, MAINTENANCE_RETRY_S)
     if report.ran:
-        _report_record(report)
+        try:
+            _report_record(report)
+        except RedisError as exc:
+            logger.warning("Partition maintenance ran, but its gauges were not recorded: %s", exc)
     return report
 
 
