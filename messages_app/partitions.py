@@ -345,6 +345,10 @@ def partitions_maintain(*, now: datetime | None = None, dry_run: bool = False) -
     with _maintainer_lock() as acquired:
         if not acquired:
             return MaintenanceReport(ran=False)
+        if not is_partitioned():
+            report.errors.append(f"{TABLE} is not partitioned yet: run `manage.py migrate`")
+            logger.error("Partition maintenance: %s", report.errors[0])
+            return report
         existing = partitions_list()
         plan = partitions_plan(now=now, existing=existing)
         if dry_run:
