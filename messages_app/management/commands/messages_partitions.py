@@ -7,6 +7,7 @@ MESSAGE_RETENTION; `--dry-run` only says what it would do.
 from __future__ import annotations
 
 from argparse import ArgumentParser
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -14,6 +15,12 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
 from messages_app import partitions
+
+
+def _duration(value: timedelta) -> str:
+    """As the settings spell it: 30d, 6h."""
+    hours = int(value.total_seconds()) // 3600
+    return f"{hours // 24}d" if hours % 24 == 0 else f"{hours}h"
 
 
 class Command(BaseCommand):
@@ -32,8 +39,8 @@ class Command(BaseCommand):
         dry_run: bool = options["dry_run"]
         retention = settings.MESSAGE_RETENTION
         self.stdout.write(
-            f"interval {settings.MESSAGE_PARTITION_INTERVAL}, {settings.MESSAGE_PARTITIONS_AHEAD} ahead, "
-            f"retention {retention if retention else 'none (keep everything)'}"
+            f"interval {_duration(settings.MESSAGE_PARTITION_INTERVAL)}, {settings.MESSAGE_PARTITIONS_AHEAD} ahead, "
+            f"retention {_duration(retention) if retention else 'none (keep everything)'}"
         )
         report = partitions.partitions_maintain(dry_run=dry_run)
         if not report.ran:
