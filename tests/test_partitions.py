@@ -30,6 +30,7 @@ from messages_app import partitions, services
 from messages_app.models import DeadLetter, Message
 from messages_app.partitions import uuid7_at
 from messages_app.services import batch_enqueue, messages_persist
+from messages_app.worker import IngestWorker
 from tests.conftest import subprocess_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -197,6 +198,16 @@ def test_the_worker_tick_runs_maintenance_once_per_period(redis_client: redis_li
         float(redis_client.get("ingestor:partitions:covered_until") or 0) >= (_today() + 4 * DAY).timestamp()
     )
     assert redis_client.get("ingestor:partitions:default_rows") == b"0"
+
+
+def test_a_worker_runs_maintenance_on_its_own_tick_at_start_up(redis_client: redis_lib.Redis) -> None:
+    queue = services.ingest_queue()
+    with override_settings(MESSAGE_PARTITIONS_AHEAD=6):
+        IngestWorker([queue], connection=queue.connection, serializer=JSONSerializer).work(burst=True)
+    assert f"messages_p{_today() + 6 * DAY:%Y%m%d}" in _names()
+    assert (
+        float(redis_client.get("ingestor:partitions:covered_until") or 0) == (_today() + 7 * DAY).timestamp()
+    )
 
 
 def test_the_command_lists_partitions_and_says_what_a_dry_run_would_do(
