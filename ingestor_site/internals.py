@@ -85,6 +85,12 @@ RQ = (
         ("self",),
         override=f"{_WORKER}.clean_registries",
     ),
+    Reliance(
+        "rq.worker:BaseWorker.run_maintenance_tasks",
+        "IngestWorker: partition maintenance on the worker's own tick",
+        ("self",),
+        override=f"{_WORKER}.run_maintenance_tasks",
+    ),
     Reliance("rq.worker:BaseWorker.__init__", "IngestWorker", ("self", "queues"), ("maintenance_interval",)),
     # IngestWorker.work reads with_scheduler to know rq will fork a scheduler child; rq forks it
     # with multiprocessing's fork context, so the at-fork hook IngestWorker registers reaches it.

@@ -201,7 +201,12 @@ OPENAPI_SCHEMA: dict[str, Any] = {
                         "maxLength": CONTENT_MAX_CHARS,
                         "description": "Stripped; must not be blank and must not contain NUL.",
                     },
-                    "id": {"type": "string", "format": "uuid", "description": "Optional idempotency key"},
+                    "id": {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "Optional idempotency key: a UUIDv7 minted within the last 24 hours "
+                        "(or MESSAGE_RETENTION if shorter) and at most 5 minutes ahead; other ids are a 422.",
+                    },
                 },
             },
             "Queued": {

@@ -7,6 +7,7 @@ start-up instead of surfacing later as a confusing runtime error.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -47,6 +48,20 @@ def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int
         raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
         raise ImproperlyConfigured(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def env_duration(name: str, default: str, *, minimum: timedelta | None = None) -> timedelta:
+    """A duration such as `30d`, `12h`, `90m` or `0` (seconds when there is no unit)."""
+    raw = (os.environ.get(name) or default).strip().lower()
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in units else (raw, "s")
+    try:
+        value = timedelta(seconds=int(number) * units[unit])
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a duration like 30d, 12h or 0, got {raw!r}") from exc
+    if value < timedelta(0) or (minimum is not None and value and value < minimum):
+        raise ImproperlyConfigured(f"{name} must be 0 or at least {minimum}, got {raw!r}")
     return value
 
 
@@ -226,6 +241,14 @@ INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 1_048_576, minimum=1024
 INGEST_MAX_BATCH_ITEMS = env_int("INGEST_MAX_BATCH_ITEMS", 1000, minimum=1, maximum=10_000)
 INGEST_JOB_TIMEOUT = env_int("INGEST_JOB_TIMEOUT", 20, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BODY_BYTES
+
+# Storage: `messages` is partitioned by the time in its UUIDv7 ids (messages_app/partitions.py).
+MESSAGE_PARTITION_INTERVAL = env_duration("MESSAGE_PARTITION_INTERVAL", "1d", minimum=timedelta(hours=1))
+if not MESSAGE_PARTITION_INTERVAL or MESSAGE_PARTITION_INTERVAL % timedelta(hours=1):
+    raise ImproperlyConfigured("MESSAGE_PARTITION_INTERVAL must be whole hours, like 1d or 6h")
+MESSAGE_PARTITIONS_AHEAD = env_int("MESSAGE_PARTITIONS_AHEAD", 3, minimum=1, maximum=366)
+# Partitions (and dead letters) older than this are dropped; 0 keeps everything.
+MESSAGE_RETENTION = env_duration("MESSAGE_RETENTION", "0", minimum=timedelta(hours=1))
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC
 from typing import Any
 
 from django.contrib import admin
@@ -11,9 +12,11 @@ from django.core.paginator import EmptyPage, Page, PageNotAnInteger, Paginator
 from django.db import connection
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.dateparse import parse_datetime
 from django.utils.functional import cached_property
 
 from messages_app.models import DeadLetter, Message
+from messages_app.partitions import id_range_for_received
 
 # Up to this many rows a list is counted exactly; past it the count is the planner's estimate.
 # Finding out which side of the line a list is on reads at most EXACT_COUNT_LIMIT + 1 index
@@ -161,11 +164,30 @@ class ChannelFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ReceivedFilter(admin.DateFieldListFilter):
+    """The date filter on receipt time, plus the id range it implies: PostgreSQL then scans only
+    the partitions of those days instead of every partition's created_at index."""
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        filtered = super().queryset(request, queryset)
+        if filtered is None:
+            return queryset
+        bounds = []
+        for name in (self.lookup_kwarg_since, self.lookup_kwarg_until):
+            value = self.used_parameters.get(name)
+            text = value[-1] if isinstance(value, list) and value else value
+            moment = parse_datetime(str(text)) if text else None
+            if moment is not None and moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            bounds.append(moment)
+        return filtered.filter(**id_range_for_received(bounds[0], bounds[1]))
+
+
 @admin.register(Message)
 # ModelAdmin and Paginator are generic only in django-stubs; at run time they cannot be subscripted.
 class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("id", "channel_id", "user_id", "short_content", "created_at", "inserted_at")
-    list_filter = (ChannelFilter, ("created_at", admin.DateFieldListFilter))
+    list_filter = (ChannelFilter, ("created_at", ReceivedFilter))
     search_fields = ("content",)
     date_hierarchy = None
     paginator = EstimatedCountPaginator

@@ -8,9 +8,14 @@ BIGINT_MAX = 2**63 - 1
 
 
 class Message(models.Model):
-    """A chat message, written by the worker in batches, never updated."""
+    """A chat message, written by the worker in batches, never updated.
 
-    # UUIDv7, stamped by the API at receipt: time-ordered, so inserts append to the index.
+    The table is partitioned by the time in its UUIDv7 id (messages_app/partitions.py): the primary
+    key holds the partition key, so one id is one row whenever it arrives.
+    """
+
+    # UUIDv7, stamped by the API at receipt (or the client's own, within a day): time-ordered, so
+    # inserts append to the index of the newest partition.
     id = models.UUIDField(primary_key=True, editable=False)
     user_id = models.BigIntegerField()
     channel_id = models.BigIntegerField()
@@ -34,7 +39,8 @@ class Message(models.Model):
 class DeadLetter(models.Model):
     """A message the worker could not store, kept aside so its batch could land without it."""
 
-    message_id = models.UUIDField(db_index=True)
+    # Unique: a job re-run after its worker died stores its dead letters once.
+    message_id = models.UUIDField(unique=True)
     payload = models.JSONField()
     error = models.TextField()
     job_id = models.CharField(max_length=64, blank=True)

@@ -187,20 +187,23 @@ def _dead_letter_store(row: Any, exc: Exception, job_id: str) -> None:
     try:
         message_id = uuid.UUID(str(payload.get("id")))
     except ValueError:
-        message_id = uuid.UUID(int=0)
+        # The key that makes a re-run store this dead letter once: derived from what the row holds.
+        message_id = uuid.uuid5(uuid.NAMESPACE_OID, repr(row))
     logger.error("Message %s cannot be stored, kept as a dead letter: %s", payload.get("id"), exc)
     # JSON (and so jsonb) cannot hold every string PostgreSQL's text refuses either: keep a repr.
     if "\x00" in str(payload.get("content")):
         payload["content"] = repr(payload["content"])
     try:
-        DeadLetter.objects.create(
-            message_id=message_id, payload=payload, error=str(exc)[:2000], job_id=job_id
-        )
+        _dead_letter_insert(message_id, payload, str(exc)[:2000], job_id)
     except (DataError, ValueError, TypeError):
         payload = {key: repr(value) for key, value in payload.items()}
-        DeadLetter.objects.create(
-            message_id=message_id, payload=payload, error=str(exc)[:2000], job_id=job_id
-        )
+        _dead_letter_insert(message_id, payload, str(exc)[:2000], job_id)
+
+
+def _dead_letter_insert(message_id: uuid.UUID, payload: dict[str, Any], error: str, job_id: str) -> None:
+    # A job re-run after its worker died meets its own dead letters again: keep the first.
+    letter = DeadLetter(message_id=message_id, payload=payload, error=error, job_id=job_id)
+    DeadLetter.objects.bulk_create([letter], ignore_conflicts=True)
 
 
 def messages_reset() -> None:

@@ -7,10 +7,12 @@ message on the hot path and must stay allocation-light.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any, NamedTuple
 
 from messages_app.models import BIGINT_MAX, CONTENT_MAX_CHARS
+from messages_app.partitions import client_id_problem
 
 
 class ValidMessage(NamedTuple):
@@ -60,10 +62,15 @@ def _client_id(value: Any, errors: dict[str, str]) -> str | None:
         errors["id"] = "must be a UUID string"
         return None
     try:
-        return str(uuid.UUID(value))
+        client_id = uuid.UUID(value)
     except ValueError:
         errors["id"] = "must be a UUID string"
         return None
+    problem = client_id_problem(client_id, now=time.time())
+    if problem is not None:
+        errors["id"] = problem
+        return None
+    return str(client_id)
 
 
 def message_validate(payload: Any) -> tuple[ValidMessage | None, dict[str, str]]:

@@ -11,9 +11,12 @@ import threading
 import time
 from typing import Any
 
+from django.db import close_old_connections
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job, JobStatus
+
+from messages_app.partitions import partitions_maintain_when_due
 
 # A worker killed mid-batch leaves its job in the started registry until its heartbeat lapses;
 # rq's defaults (job timeout + 60 s, registries cleaned every 10 minutes) would hold those
@@ -125,6 +128,15 @@ class IngestWorker(SimpleWorker):
         # rq runs maintenance only between two blocking dequeues, which last worker_ttl - 15 s:
         # an idle worker would look for abandoned jobs that much less often than intended.
         return MAINTENANCE_INTERVAL_S
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
+        # The messages table's partitions, on the worker fleet's own tick: at start-up, then every
+        # partitions.MAINTENANCE_EVERY_S by whichever worker claims it first.
+        try:
+            partitions_maintain_when_due(redis=self.connection)
+        finally:
+            close_old_connections()
 
     def clean_registries(self) -> None:
         for queue in self.queues:

@@ -81,6 +81,18 @@ class PipelineCollector:
             f"Messages persisted per second over the last {metrics.RATE_WINDOW_S} seconds.",
             value=read.gauges[metrics.CURRENT_RPS],
         )
+        # From the last partition maintenance: alert when the first is above 0 or the second is
+        # less than a day ahead.
+        yield GaugeMetricFamily(
+            "ingestor_messages_default_partition_rows",
+            "Messages whose id falls in no time partition (kept in messages_default).",
+            value=read.gauges[metrics.PARTITIONS_DEFAULT_ROWS],
+        )
+        yield GaugeMetricFamily(
+            "ingestor_message_partitions_covered_until_seconds",
+            "Unix time up to which partitions exist for new messages (0 before the first maintenance).",
+            value=read.gauges[metrics.PARTITIONS_COVERED_UNTIL],
+        )
         window = GaugeMetricFamily(
             "ingestor_latency_window_seconds",
             f"Receipt-to-commit latency over the last {metrics.LATENCY_WINDOW_S} seconds.",

@@ -110,7 +110,8 @@ def prometheus_read() -> PrometheusRead:
     each call); a scrape must not add work to Redis beyond its own read.
     """
     gauge_keys = (metrics.CURRENT_RPS, metrics.AVG_LATENCY_MS, metrics.P50_LATENCY_MS,
-                  metrics.P95_LATENCY_MS, metrics.P99_LATENCY_MS)  # fmt: skip
+                  metrics.P95_LATENCY_MS, metrics.P99_LATENCY_MS,
+                  metrics.PARTITIONS_DEFAULT_ROWS, metrics.PARTITIONS_COVERED_UNTIL)  # fmt: skip
     with redis_connection().pipeline(transaction=False) as pipe:
         pipe.mget(COUNTER_KEYS)
         pipe.scard(WORKERS_KEY)

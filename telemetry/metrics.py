@@ -30,6 +30,9 @@ LATENCY_HISTOGRAM = "ingestor:latency_histogram"
 LAST_BATCH = "ingestor:last_batch"
 RECENT_BATCHES = "ingestor:recent_batches"
 SECOND_KEY_PREFIX = "ingestor:second:"
+# Written by partition maintenance: rows in the default partition, and the end of the last partition.
+PARTITIONS_DEFAULT_ROWS = "ingestor:partitions:default_rows"
+PARTITIONS_COVERED_UNTIL = "ingestor:partitions:covered_until"
 
 # The keys a reset clears (the rq queue itself is left alone: those jobs are acknowledged).
 RESET_KEYS = (
@@ -204,6 +207,11 @@ def derived_refresh(redis: Any, *, now: float | None = None) -> dict[str, float]
     }
     redis.mset(derived)
     return derived
+
+
+def partitions_record(redis: Any, *, default_rows: int, covered_until: float) -> None:
+    """What the last partition maintenance found (no TTL: a stale value is itself a signal)."""
+    redis.mset({PARTITIONS_DEFAULT_ROWS: default_rows, PARTITIONS_COVERED_UNTIL: covered_until})
 
 
 def metrics_reset(redis: Any) -> None:

@@ -15,6 +15,7 @@ from django.test.utils import CaptureQueriesContext
 
 from messages_app.admin import EXACT_COUNT_LIMIT, EstimatedCountPaginator
 from messages_app.models import DeadLetter, Message
+from messages_app.partitions import uuid7_at
 
 pytestmark = pytest.mark.django_db
 
@@ -25,7 +26,8 @@ DEAD_LETTERS_URL = "/admin/messages_app/deadletter/"
 def _message(content: str, *, channel_id: int = 1, age: timedelta = timedelta(0)) -> Message:
     created = datetime.now(tz=UTC) - age
     return Message.objects.create(
-        id=uuid.uuid4(),
+        # As the API mints them: a UUIDv7 of the receipt time (the date filter relies on it).
+        id=uuid7_at(created),
         user_id=1,
         channel_id=channel_id,
         content=content,

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import redis as redis_lib
+import uuid6
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
@@ -76,7 +77,7 @@ async def test_post_message_answers_201_once_it_is_queued(
 async def test_post_message_with_a_client_id_uses_it_as_the_message_id(
     api: httpx.AsyncClient, redis_client: redis_lib.Redis
 ) -> None:
-    client_id = str(uuid.uuid4())
+    client_id = str(uuid6.uuid7())
     first = await api.post("/messages", json=_message(id=client_id.upper()))
     second = await api.post("/messages", json=_message(id=client_id))
     assert first.status_code == second.status_code == 201
@@ -464,7 +465,7 @@ def test_random_bodies_never_get_a_server_error(
 
 @pytest.mark.integration
 def test_acknowledged_messages_land_as_rows_listed_newest_first(live_stack: LiveStack) -> None:
-    client_id = str(uuid.uuid4())
+    client_id = str(uuid6.uuid7())
     with httpx.Client(base_url=live_stack.url, timeout=10) as client:
         single = client.post("/messages", json=_message(content="\t padded  ", channel_id=31))
         assert single.status_code == 201, single.text

@@ -24,6 +24,7 @@ import httpx
 import psycopg
 import pytest
 import redis as redis_lib
+import uuid6
 from django.conf import settings
 from rq import Queue
 from rq.job import Job
@@ -210,7 +211,7 @@ def test_concurrent_singles_and_batches_make_exactly_one_row_each(
     assert len(set(acknowledged)) == len(acknowledged), "the API gave the same id to two messages"
 
     # Client-supplied ids make a POST idempotent: repeated, in a batch, twice in one batch.
-    repeated, in_batch = str(uuid.uuid4()), str(uuid.uuid4())
+    repeated, in_batch = str(uuid6.uuid7()), str(uuid6.uuid7())
     with httpx.Client(base_url=stack.url, timeout=15) as client:
         assert post_one(client, {**message(1), "id": repeated}) == repeated
         assert post_one(client, {**message(1), "id": repeated}) == repeated
@@ -389,7 +390,7 @@ def assert_refused_at_once(client: httpx.Client, refused_ids: list[str]) -> dict
     The messages carry client ids, added to `refused_ids`. Returns the seconds each answer took
     (a figure to report, not a timing assert).
     """
-    ids = [str(uuid.uuid4()) for _ in range(3)]
+    ids = [str(uuid6.uuid7()) for _ in range(3)]
     refused_ids += ids
     elapsed: dict[str, float] = {}
     for name, path, payload in (

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import redis as redis_lib
+import uuid6
 from asgiref.sync import sync_to_async
 from django.db import connection
 from django.test import AsyncClient
@@ -117,7 +118,8 @@ async def test_served_document_is_the_described_one(api: httpx.AsyncClient) -> N
     [
         ({"user_id": 1, "channel_id": 2, "content": "hi"}, True),
         (
-            {"user_id": 1, "channel_id": 2, "content": "hi", "id": "0192a9c2-5f1e-7c3a-9a4b-123456789abc"},
+            # A UUIDv7 of now: the validator takes client ids minted within the last day.
+            {"user_id": 1, "channel_id": 2, "content": "hi", "id": str(uuid6.uuid7())},
             True,
         ),
         ({"user_id": 1, "channel_id": 2, "content": "hi", "unknown": [1]}, True),

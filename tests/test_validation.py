@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+import uuid6
+from django.test import override_settings
 
 from ingestor_site.asgi import application
 from messages_app.models import BIGINT_MAX, CONTENT_MAX_CHARS
+from messages_app.partitions import uuid7_at
 from messages_app.validation import message_validate
 
 GOOD: dict[str, Any] = {"user_id": 1, "channel_id": 2, "content": "hello"}
@@ -144,10 +148,43 @@ def test_reports_errors_of_several_fields_together() -> None:
 
 
 def test_normalises_a_valid_client_id() -> None:
-    client_id = uuid.uuid4()
+    client_id = uuid6.uuid7()
     message, _ = message_validate(_with(id=str(client_id).upper()))
     assert message is not None
     assert message.id == str(client_id)
+
+
+def test_rejects_a_client_id_that_is_not_a_uuid7_naming_the_rule() -> None:
+    errors = _errors_of(_with(id=str(uuid.uuid4())))
+    assert "must be a UUIDv7" in errors["id"]
+    assert "omit `id`" in errors["id"]
+
+
+@pytest.mark.parametrize(
+    ("age", "accepted"),
+    [
+        (timedelta(hours=23, minutes=59), True),
+        (timedelta(hours=24, minutes=1), False),
+        (-timedelta(minutes=4), True),
+        (-timedelta(minutes=6), False),
+    ],
+    ids=["a-day-old", "over-a-day-old", "slightly-ahead", "too-far-ahead"],
+)
+def test_accepts_a_client_uuid7_only_from_the_last_day_and_minutes_ahead(
+    age: timedelta, accepted: bool
+) -> None:
+    client_id = str(uuid7_at(datetime.now(tz=UTC) - age))
+    message, errors = message_validate(_with(id=client_id))
+    if accepted:
+        assert message is not None and message.id == client_id
+    else:
+        assert "minted within the last 24 hours and at most 5 minutes ahead" in errors["id"]
+
+
+@override_settings(MESSAGE_RETENTION=timedelta(hours=6))
+def test_a_retention_shorter_than_a_day_shortens_the_client_id_window() -> None:
+    errors = _errors_of(_with(id=str(uuid7_at(datetime.now(tz=UTC) - timedelta(hours=7)))))
+    assert "within the last 6 hours" in errors["id"]
 
 
 def test_treats_a_null_client_id_as_absent() -> None:
