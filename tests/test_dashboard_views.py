@@ -115,6 +115,12 @@ def test_metrics_keep_their_names_types_and_help_texts(redis_client: redis_lib.R
         "ingestor_persisted_per_second": (
             "gauge", f"Messages persisted per second over the last {metrics.RATE_WINDOW_S} seconds."
         ),
+        "ingestor_messages_default_partition_rows": (
+            "gauge", "Messages whose id falls in no time partition (kept in messages_default)."
+        ),
+        "ingestor_message_partitions_covered_until_seconds": (
+            "gauge", "Unix time up to which partitions exist for new messages (0 before the first maintenance)."
+        ),
         "ingestor_latency_window_seconds": (
             "gauge", f"Receipt-to-commit latency over the last {metrics.LATENCY_WINDOW_S} seconds."
         ),
