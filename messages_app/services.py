@@ -18,7 +18,7 @@ from rq import Queue, Retry
 
 from messages_app.models import DeadLetter, Message
 from telemetry import metrics
-from telemetry.connection import redis_connection
+from telemetry.connection import redis_connection, replicated_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +49,17 @@ class Enqueued(NamedTuple):
 
 
 def batch_enqueue(*, batch: list[BatchRow]) -> Enqueued:
-    """Put one batch in Redis as one rq job, with its counters, in one transaction.
+    """Put one batch in Redis as one rq job, with its counters, in one transaction (confirmed by
+    INGEST_REDIS_MIN_REPLICAS replicas when set).
 
     Blocking (redis-py): async callers run it in a thread, once per batch rather than per message.
     """
     queue = ingest_queue()
-    with queue.connection.pipeline() as pipe:
+    with replicated_pipeline(
+        queue.connection,
+        min_replicas=settings.INGEST_REDIS_MIN_REPLICAS,
+        timeout_ms=settings.INGEST_REDIS_REPLICA_TIMEOUT_MS,
+    ) as pipe:
         queue.enqueue_call(
             # By name: the job module imports this one.
             PERSIST_JOB,

@@ -30,7 +30,6 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.db import DatabaseError
 from django.template.loader import render_to_string
 from redis.asyncio import Redis as AsyncRedis
@@ -39,6 +38,7 @@ from redis.exceptions import RedisError
 from messages_app.selectors import messages_latest
 from metrics_app.selectors import DashboardRead, dashboard_read
 from telemetry import metrics
+from telemetry.connection import redis_async_client
 
 logger = logging.getLogger(__name__)
 
@@ -298,11 +298,7 @@ class StatsBroadcaster:
         return [point_build(s, self._seconds.get(s, {}), depths[s]) for s in seconds]
 
     async def _run(self) -> None:
-        redis = AsyncRedis.from_url(
-            settings.REDIS_URL,
-            socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-            socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
-        )
+        redis = redis_async_client()
         self._redis = redis
         try:
             while True:
@@ -421,11 +417,7 @@ async def dashboard_page_state(*, now: float | None = None) -> DashboardState:
     broadcaster = broadcaster_for_loop()
     if broadcaster.state is not None and now - broadcaster.state.read_at < 2 * FRAME_INTERVAL_S:
         return broadcaster.state
-    redis = AsyncRedis.from_url(
-        settings.REDIS_URL,
-        socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-        socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
-    )
+    redis = redis_async_client()
     try:
         seconds = metrics.seconds_window(now, metrics.LATENCY_WINDOW_S)
         read = await dashboard_read(redis=redis, seconds=seconds, batches=TABLE_ROWS)
