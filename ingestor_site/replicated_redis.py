@@ -36,6 +36,9 @@ class RedisNode:
     host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     wrap: list[str] = field(default_factory=list)
+    # Where the server itself listens when something else (a proxy) owns host:port; it then
+    # announces host:port as its address to the master and the sentinels.
+    listen: tuple[str, int] | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -117,9 +120,10 @@ class ReplicatedRedis:
         raise RuntimeError(f"{node.name} did not answer PING within {timeout_s:.0f}s")
 
     def _server_config(self, node: RedisNode, replica_of: RedisNode | None) -> str:
+        bind, port = node.listen or node.address
         lines = [
-            f"bind {node.host}",
-            f"port {node.port}",
+            f"bind {bind}",
+            f"port {port}",
             f"dir {self.base_dir / node.name}",
             "protected-mode no",
             'save ""',
@@ -127,6 +131,8 @@ class ReplicatedRedis:
             # Sentinel reconfigures a killed master that comes back as a replica of the new one.
             "replica-read-only yes",
         ]
+        if node.listen is not None:
+            lines += [f"replica-announce-ip {node.host}", f"replica-announce-port {node.port}"]
         if replica_of is not None:
             lines.append(f"replicaof {replica_of.host} {replica_of.port}")
         return "\n".join(lines) + "\n"

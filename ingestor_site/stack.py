@@ -57,7 +57,8 @@ def services(data_dir: Path = DATA_DIR) -> Iterator[dict[str, str]]:
             started.append(postgres)
             env["DATABASE_URL"] = postgres.url
             say(f"embedded PostgreSQL on {postgres.url} (data in {postgres.data_dir})")
-        if not env.get("REDIS_URL"):
+        # Behind Sentinel (REDIS_SENTINELS) the sentinels name the Redis to use: none embedded.
+        if not env.get("REDIS_URL") and not env.get("REDIS_SENTINELS"):
             from ingestor_site.embedded import EmbeddedRedis
 
             redis = EmbeddedRedis(data_dir / "redis").start()
