@@ -479,9 +479,19 @@ def main() -> int:
     minutes = (time.monotonic() - started) / 60
     text = markdown(results, ceiling, machine=machine, runs=runs, minutes=minutes,
                     neighbours=watch, load=(load_before, load_after))  # fmt: skip
-    args.output.write_text(text)
+    args.output.write_text(text + _kept_sections(args.output))
     say(f"wrote {args.output} in {minutes:.1f} min")
     return 0
+
+
+# Sections other scripts wrote (the multi-host cluster, Redis failover) follow this line and are
+# kept when `make bench` regenerates the file.
+KEPT_MARKER = "<!-- written by other scripts; make bench keeps what follows -->"
+
+
+def _kept_sections(path: Path) -> str:
+    text = path.read_text() if path.exists() else ""
+    return "\n" + text[text.index(KEPT_MARKER) :] if KEPT_MARKER in text else ""
 
 
 def _ceiling_figures(run: Run) -> dict[str, float]:
