@@ -3,8 +3,9 @@
 
 Starts its own embedded PostgreSQL, a Redis master, its replica and three sentinels (Debian's
 redis-server and redis-sentinel, loopback ports of their own), and the web server and one worker
-as `make run` does, with REDIS_SENTINELS. For each setting, runs the load generator with single
-messages and with batches of 100, and prints a Markdown table (throughput, client p50/p99, lost).
+as `make run` does, with REDIS_SENTINELS: one such stack for each setting, taking turns run by
+run. Runs the load generator with single messages (one connection, then 64) and batches of 100,
+and prints a Markdown table (throughput, client p50/p99, lost).
 
     python scripts/bench_redis_ha.py [--runs 3] [--messages 6000]
 """
@@ -67,6 +68,10 @@ def main() -> int:
                     stack.start(workers=1)
                     stacks[min_replicas] = stack
                 scenarios = {
+                    # Light load: the answer's latency shows the replication round trip itself.
+                    "single messages, 1 connection": [
+                        "--messages", str(args.messages // 6), "--concurrent", "1", "--verify",
+                    ],
                     "single messages, 64 connections": [
                         "--messages", str(args.messages), "--concurrent", "64", "--verify",
                     ],

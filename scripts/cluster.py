@@ -19,10 +19,11 @@ This kernel has no netem, so every server host takes its traffic through scripts
 which delays each chunk by --delay-ms each way: every hop between tiers (load -> lb -> web ->
 Redis/PostgreSQL, worker -> Redis/PostgreSQL, replica -> master) gains that latency.
 
-It runs, each for --phase-s seconds of closed-loop single messages: a baseline with no added
-latency, then with --delay-ms, then with a web host, a worker host and the Redis master killed
-(kill -9) a third of the way through, each brought back (the old master as a replica) before the
-next phase. For each phase it prints throughput, client p50/p99, 503s and what was lost or
+It runs, each for --phase-s seconds of closed-loop single messages: baselines with and without
+group commit (BATCH_SIZE 1), with no added latency and with --delay-ms, and with
+INGEST_REDIS_MIN_REPLICAS=1; then a web host, a worker host and the Redis master killed (kill -9)
+a third of the way through a phase, each brought back (the old master as a replica) before the
+next; the master once more with INGEST_REDIS_MIN_REPLICAS=1. For each phase it prints throughput, client p50/p99, 503s and what was lost or
 duplicated, and the CPU each tier used per message, as a Markdown table.
 """
 
@@ -507,8 +508,8 @@ def markdown(phases: list[Phase], args: argparse.Namespace) -> str:
         f"Single messages, closed loop, {args.concurrent} connections, {args.phase_s:g} s a phase; 2 web hosts "
         "(1 granian process each), 2 worker hosts, Redis master + replica + 3 sentinels, PostgreSQL.",
         "",
-        "| phase | added latency per hop | msg/s | p50 ms | p99 ms | 503s | other failures | lost | duplicated |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| phase | added latency per hop | msg/s | p50 ms | p99 ms | 503s | other failures | acknowledged | lost | duplicated |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for phase in phases:
         report = phase.report
@@ -518,7 +519,8 @@ def markdown(phases: list[Phase], args: argparse.Namespace) -> str:
         lines.append(
             f"| {phase.name} | {phase.delay_ms:g} ms | {report['throughput_msgs_per_s']:,.0f} "
             f"| {report['latency_ms'].get('p50', 0):.1f} | {report['latency_ms'].get('p99', 0):.1f} "
-            f"| {failures.get('HTTP 503', 0)} | {others} | {verify.get('lost', '–')} | {verify.get('duplicated', '–')} |"
+            f"| {failures.get('HTTP 503', 0)} | {others} | {report.get('succeeded', 0):,} "
+            f"| {verify.get('lost', '–')} | {verify.get('duplicated', '–')} |"
         )
     lines += ["", "CPU per message (ms) and Redis traffic per message, baseline phases:", ""]
     lines += [
@@ -613,6 +615,11 @@ def main() -> int:
             say(
                 f"  {phase.report['throughput_msgs_per_s']:,.0f} msg/s, failures {phase.report.get('failures')}"
             )
+    (log_dir / "phases.json").write_text(
+        json.dumps(
+            [{"name": p.name, "report": p.report, "cpu": p.cpu, "redis": p.redis} for p in phases], indent=1
+        )
+    )
     report = markdown(phases, args)
     say(f"done in {time.monotonic() - started:.0f}s")
     print(report)

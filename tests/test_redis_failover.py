@@ -111,7 +111,8 @@ class Load:
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
-            thread.join(timeout=30)
+            if thread.is_alive():
+                thread.join(timeout=30)
 
     def snapshot(self) -> list[Answer]:
         with self._lock:
@@ -179,36 +180,36 @@ def failover_run(servers: ReplicatedRedis, output_dir: Path, **settings_env: str
     load = Load(stack.url)
     supervisor = WorkerSupervisor(stack)
     try:
-        stack.web_start()
-        stack.worker_start()
-        started = f"Worker {stack.worker_name(1)}: started"
-        wait_until(lambda: started in stack.log("worker-1"), timeout_s=30, what="the worker to start")
-        supervisor.start()
-        master = servers.wait_ready()
-        load.start()
-        time.sleep(LOAD_BEFORE_KILL_S)
-        assert load.accepted_since(0), "the API accepted nothing before the kill"
-        wait_until(Message.objects.exists, timeout_s=30, what="the worker to store messages")
+        try:
+            stack.web_start()
+            stack.worker_start()
+            started = f"Worker {stack.worker_name(1)}: started"
+            wait_until(lambda: started in stack.log("worker-1"), timeout_s=30, what="the worker to start")
+            supervisor.start()
+            master = servers.wait_ready()
+            load.start()
+            time.sleep(LOAD_BEFORE_KILL_S)
+            assert load.accepted_since(0), "the API accepted nothing before the kill"
+            wait_until(Message.objects.exists, timeout_s=30, what="the worker to store messages")
 
-        killed_at = time.monotonic()
-        servers.kill(master)
-        wait_until(
-            lambda: servers.master_by_sentinels() not in (None, master.address),
-            timeout_s=RECOVERY_LIMIT_S,
-            interval_s=0.05,
-            what="the sentinels to promote the replica",
-        )
-        promotion_s = time.monotonic() - killed_at
-        servers.restart(master)
-        wait_until(
-            lambda: load.accepted_since(killed_at + promotion_s),
-            timeout_s=RECOVERY_LIMIT_S,
-            what="the API to accept messages again after the failover",
-        )
-        time.sleep(LOAD_AFTER_RECOVERY_S)
-    finally:
-        load.stop()
-    try:
+            killed_at = time.monotonic()
+            servers.kill(master)
+            wait_until(
+                lambda: servers.master_by_sentinels() not in (None, master.address),
+                timeout_s=RECOVERY_LIMIT_S,
+                interval_s=0.05,
+                what="the sentinels to promote the replica",
+            )
+            promotion_s = time.monotonic() - killed_at
+            servers.restart(master)
+            wait_until(
+                lambda: load.accepted_since(killed_at + promotion_s),
+                timeout_s=RECOVERY_LIMIT_S,
+                what="the API to accept messages again after the failover",
+            )
+            time.sleep(LOAD_AFTER_RECOVERY_S)
+        finally:
+            load.stop()
         answers = sorted(load.snapshot(), key=lambda answer: answer.at)
         acknowledged = {message_id for answer in answers for message_id in answer.message_ids}
         # Until every acknowledged message is stored, or nothing more arrives for a while (lost).
