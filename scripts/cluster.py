@@ -508,8 +508,9 @@ def markdown(phases: list[Phase], args: argparse.Namespace) -> str:
         f"Single messages, closed loop, {args.concurrent} connections, {args.phase_s:g} s a phase; 2 web hosts "
         "(1 granian process each), 2 worker hosts, Redis master + replica + 3 sentinels, PostgreSQL.",
         "",
-        "| phase | added latency per hop | msg/s | p50 ms | p99 ms | 503s | other failures | acknowledged | lost | duplicated |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| phase | added latency per hop | msg/s acknowledged | client p50 / p99 ms | 503s | other failures "
+        "| acknowledged | lost | duplicated | msg/s persisted | receipt → commit p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for phase in phases:
         report = phase.report
@@ -518,9 +519,11 @@ def markdown(phases: list[Phase], args: argparse.Namespace) -> str:
         verify = report.get("verify", {})
         lines.append(
             f"| {phase.name} | {phase.delay_ms:g} ms | {report['throughput_msgs_per_s']:,.0f} "
-            f"| {report['latency_ms'].get('p50', 0):.1f} | {report['latency_ms'].get('p99', 0):.1f} "
-            f"| {failures.get('HTTP 503', 0)} | {others} | {report.get('succeeded', 0):,} "
-            f"| {verify.get('lost', '–')} | {verify.get('duplicated', '–')} |"
+            f"| {report['latency_ms'].get('p50', 0):.1f} / {report['latency_ms'].get('p99', 0):.1f} "
+            f"| {failures.get('HTTP 503', 0):,} | {others} | {report.get('succeeded', 0):,} "
+            f"| {verify.get('lost', '–')} | {verify.get('duplicated', '–')} "
+            f"| {verify.get('persisted_throughput_msgs_per_s') or 0:,.0f} "
+            f"| {(report.get('e2e_latency_ms') or {}).get('p99') or 0:,.0f} |"
         )
     lines += ["", "CPU per message (ms) and Redis traffic per message, baseline phases:", ""]
     lines += [
@@ -579,7 +582,14 @@ def main() -> int:
         "--delay-ms", type=float, default=0.5, help="added one-way latency per hop (default 0.5)"
     )
     parser.add_argument("--output", type=Path, help="also write the Markdown report here")
+    parser.add_argument(
+        "--from-json", type=Path, help="only print the report again from a run's logs/phases.json"
+    )
     args = parser.parse_args()
+    if args.from_json:
+        phases = [Phase(**item) for item in json.loads(args.from_json.read_text())]
+        print(markdown(phases, args))
+        return 0
     if os.geteuid() != 0:
         say("needs root (ip netns)")
         return 2
@@ -615,11 +625,7 @@ def main() -> int:
             say(
                 f"  {phase.report['throughput_msgs_per_s']:,.0f} msg/s, failures {phase.report.get('failures')}"
             )
-    (log_dir / "phases.json").write_text(
-        json.dumps(
-            [{"name": p.name, "report": p.report, "cpu": p.cpu, "redis": p.redis} for p in phases], indent=1
-        )
-    )
+    (log_dir / "phases.json").write_text(json.dumps([phase.__dict__ for phase in phases], indent=1))
     report = markdown(phases, args)
     say(f"done in {time.monotonic() - started:.0f}s")
     print(report)
