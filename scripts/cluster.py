@@ -23,8 +23,11 @@ It runs, each for --phase-s seconds of closed-loop single messages: baselines wi
 group commit (BATCH_SIZE 1), with no added latency and with --delay-ms, and with
 INGEST_REDIS_MIN_REPLICAS=1; then a web host, a worker host and the Redis master killed (kill -9)
 a third of the way through a phase, each brought back (the old master as a replica) before the
-next; the master once more with INGEST_REDIS_MIN_REPLICAS=1. For each phase it prints throughput, client p50/p99, 503s and what was lost or
-duplicated, and the CPU each tier used per message, as a Markdown table.
+next; the master once more with INGEST_REDIS_MIN_REPLICAS=1. For each phase it prints, as Markdown,
+throughput acknowledged and persisted, client p50/p99, 503s, what was lost or duplicated and
+receipt -> commit p99, and for the baselines the CPU each tier used and Redis's commands and bytes
+per message. Each phase's raw report goes to .data/cluster/logs/phases.json (`--from-json` prints
+the tables again from it).
 """
 
 from __future__ import annotations

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import redis as redis_lib
 
@@ -22,6 +27,24 @@ def test_sentinels_parse_reads_hosts_ports_and_the_default_port() -> None:
 def test_sentinels_parse_refuses_a_malformed_address(raw: str) -> None:
     with pytest.raises(ValueError, match="not a sentinel address"):
         sentinels_parse(raw)
+
+
+def test_a_malformed_redis_sentinels_stops_the_start_up_naming_the_variable() -> None:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "ingestor_site.settings",
+        "REDIS_SENTINELS": "s1:26379,s2:x",
+    }
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", "import django; django.setup()"],
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: REDIS_SENTINELS: not a sentinel address" in result.stderr.decode()
 
 
 def test_a_sentinel_managed_client_keeps_only_database_and_credentials_of_redis_url() -> None:
