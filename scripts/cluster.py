@@ -369,6 +369,8 @@ class Cluster:
         if self.redis is not None:
             self.redis.stop()
         self.network.remove()
+        # The logs stay for a look afterwards; the database's files need not.
+        shutil.rmtree(DATA_DIR / "postgres", ignore_errors=True)
 
     # --- measuring -------------------------------------------------------------------------------
 
