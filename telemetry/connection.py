@@ -88,7 +88,9 @@ class _LeasedConnection:
 
     WAIT counts the replicas that have the last write *of the connection it is sent on*, so it
     must follow the transaction on the very connection the transaction used; a pipeline hands
-    its connection back to the pool as soon as it has executed.
+    its connection back to the pool as soon as it has executed. redis-py's Pipeline asks its pool
+    for nothing but these two methods; the WAIT tests in tests/test_sentinel.py and
+    tests/test_redis_failover.py fail if an upgrade changes that.
     """
 
     def __init__(self, connection: Connection) -> None:
