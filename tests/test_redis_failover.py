@@ -242,7 +242,7 @@ def failover_run(servers: ReplicatedRedis, output_dir: Path, **settings_env: str
         worker_restarts=supervisor.restarts,
     )
     (output_dir / "failover.json").write_text(report.to_json())
-    print(f"failover with {settings_env or 'defaults'}: {report.to_json()}")  # noqa: T201
+    print(f"failover with {settings_env or 'defaults'}: {report.to_json()}")
     return report
 
 
