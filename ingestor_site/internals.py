@@ -1,4 +1,4 @@
-"""Every undocumented name of Django and rq the project relies on, in one list.
+"""Every undocumented name of Django, rq and redis-py the project relies on, in one list.
 
 The middleware-free API handler (ingestor_site/handlers.py) and the rq worker
 (messages_app/worker.py) override or call pieces of those libraries that their documentation
@@ -110,7 +110,17 @@ RQ = (
     Reliance("rq.job:Job.retries_left", _REQUEUE),
 )
 
-RELIANCES = DJANGO + RQ
+REDIS = (
+    # replicated_pipeline builds a transaction pipeline over one leased connection, so that WAIT
+    # follows the transaction on the very connection it ran on.
+    Reliance(
+        "redis.client:Pipeline.__init__",
+        "telemetry.connection.replicated_pipeline",
+        ("self", "connection_pool", "response_callbacks", "transaction", "shard_hint"),
+    ),
+)
+
+RELIANCES = DJANGO + RQ + REDIS
 
 # The started registry is a sorted set whose members are Execution.composite_key:
 # IngestWorker._abandoned_requeue claims an abandoned entry by removing that member (rq's own

@@ -155,8 +155,12 @@ class LocalServices:
         if not self.quiet:
             print(f"[ingestor] {text}", flush=True)
 
+    def _redis_given(self) -> bool:
+        # Behind Sentinel (REDIS_SENTINELS) the sentinels name the Redis to use: none embedded.
+        return bool(self.env.get("REDIS_URL") or self.env.get("REDIS_SENTINELS"))
+
     def __enter__(self) -> LocalServices:
-        if self.env.get("DATABASE_URL") and self.env.get("REDIS_URL"):
+        if self.env.get("DATABASE_URL") and self._redis_given():
             return self
         self.ownership = Ownership(self.data_dir, self.command)
         try:
@@ -179,7 +183,7 @@ class LocalServices:
             self.ownership.server_add(postgres)
             self.env["DATABASE_URL"] = postgres.url
             self._say(f"embedded PostgreSQL on {postgres.url} (data in {postgres.data_dir})")
-        if not self.env.get("REDIS_URL"):
+        if not self._redis_given():
             from ingestor_site.embedded import EmbeddedRedis
 
             redis = EmbeddedRedis(self.data_dir / "redis")
@@ -188,7 +192,7 @@ class LocalServices:
             self.ownership.server_add(redis)
             self.env["REDIS_URL"] = redis.url
             self._say(f"embedded Redis on {redis.url} (append-only file in {redis.data_dir})")
-        self.ownership.write(database_url=self.env["DATABASE_URL"], redis_url=self.env["REDIS_URL"])
+        self.ownership.write(database_url=self.env["DATABASE_URL"], redis_url=self.env.get("REDIS_URL", ""))
 
     def record(self, **fields: Any) -> None:
         """Add `fields` (the dashboard URL) to what others read about the owner."""

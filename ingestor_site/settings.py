@@ -15,6 +15,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from telemetry import sentinel as redis_sentinel
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -231,6 +233,35 @@ CHANNEL_LAYERS = {
         },
     },
 }
+
+# Redis behind Sentinel (high availability). With REDIS_SENTINELS set, every Redis client (the
+# API's queue and metrics, the rq workers, the Channels layer, the dashboard) asks these sentinels
+# for the current master of REDIS_MASTER_NAME; REDIS_URL then gives only the database number and
+# the credentials.
+try:
+    REDIS_SENTINELS = redis_sentinel.sentinels_parse(env_str("REDIS_SENTINELS", ""))
+except ValueError as exc:
+    raise ImproperlyConfigured(f"REDIS_SENTINELS: {exc}") from exc
+REDIS_MASTER_NAME = env_str("REDIS_MASTER_NAME", "mymaster")
+if REDIS_SENTINELS:
+    _sentinel_target = redis_sentinel.SentinelTarget(
+        url=REDIS_URL,
+        sentinels=REDIS_SENTINELS,
+        master_name=REDIS_MASTER_NAME,
+        socket_timeout=REDIS_SOCKET_TIMEOUT,
+        connect_timeout=REDIS_CONNECT_TIMEOUT,
+    )
+    RQ_QUEUES["ingest"] = {
+        **{key: value for key, value in RQ_QUEUES["ingest"].items() if key != "URL"},
+        **_sentinel_target.rq_queue_options(),
+    }
+    CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [_sentinel_target.channel_layer_host()]  # type: ignore[index]
+
+# Replicas that must confirm a batch (Redis WAIT) before the API answers 201. Replication is
+# asynchronous: with 0, a master that dies right after answering can lose the last batches it
+# acknowledged; with 1 they are on a replica Sentinel can promote, for one round trip more a batch.
+INGEST_REDIS_MIN_REPLICAS = env_int("INGEST_REDIS_MIN_REPLICAS", 0, minimum=0)
+INGEST_REDIS_REPLICA_TIMEOUT_MS = env_int("INGEST_REDIS_REPLICA_TIMEOUT_MS", 500, minimum=1)
 
 # The ingest pipeline.
 BATCH_SIZE = env_int("BATCH_SIZE", 1000, minimum=1, maximum=10_000)

@@ -19,7 +19,7 @@ from rq import Queue, Retry
 
 from messages_app.models import DeadLetter, Message
 from telemetry import metrics
-from telemetry.connection import redis_connection
+from telemetry.connection import redis_connection, replicated_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +80,18 @@ class Enqueued(NamedTuple):
 
 
 def batch_enqueue(*, batch: Sequence[Sequence[Any]]) -> Enqueued:
-    """Put one batch in Redis as one rq job, with its counters, in one transaction.
+    """Put one batch in Redis as one rq job, with its counters, in one transaction (confirmed by
+    INGEST_REDIS_MIN_REPLICAS replicas when set).
 
     `batch` holds BatchRows, or lists in BatchRow's field order (tests, jobs made by hand).
     Blocking (redis-py): async callers run it in a thread, once per batch rather than per message.
     """
     queue = ingest_queue()
-    with queue.connection.pipeline() as pipe:
+    with replicated_pipeline(
+        queue.connection,
+        min_replicas=settings.INGEST_REDIS_MIN_REPLICAS,
+        timeout_ms=settings.INGEST_REDIS_REPLICA_TIMEOUT_MS,
+    ) as pipe:
         queue.enqueue_call(
             # By name: the job module imports this one.
             PERSIST_JOB,

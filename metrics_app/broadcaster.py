@@ -32,12 +32,12 @@ from django.db import DatabaseError
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
-from metrics_app.connection import redis_async_connect
 from metrics_app.figures import stats_build
 from metrics_app.panels import TABLE_ROWS, Rows, panels_render
 from metrics_app.selectors import dashboard_read, messages_recent
 from metrics_app.series import ChartHistory
 from telemetry import metrics
+from telemetry.connection import redis_async_client
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class StatsBroadcaster:
         )
 
     async def _run(self) -> None:
-        redis = redis_async_connect()
+        redis = redis_async_client()
         self._redis = redis
         # While stopped, nobody re-read the last seconds this task had read: read them afresh.
         self.history.reads_forget()
@@ -214,7 +214,7 @@ async def dashboard_page_state(*, now: float | None = None) -> DashboardState:
     broadcaster = broadcaster_for_loop()
     if broadcaster.state is not None and now - broadcaster.state.read_at < 2 * FRAME_INTERVAL_S:
         return broadcaster.state
-    redis = redis_async_connect()
+    redis = redis_async_client()
     try:
         seconds = metrics.seconds_window(now, metrics.LATENCY_WINDOW_S)
         read = await dashboard_read(redis=redis, seconds=seconds, batches=TABLE_ROWS)

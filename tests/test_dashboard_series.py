@@ -13,12 +13,12 @@ import pytest
 import redis as redis_lib
 from redis.asyncio import Redis as AsyncRedis
 
-from metrics_app.connection import redis_async_connect
 from metrics_app.figures import stats_build
 from metrics_app.panels import cards_build
 from metrics_app.selectors import dashboard_read
 from metrics_app.series import ChartHistory, Point, point_build
 from telemetry import metrics
+from telemetry.connection import redis_async_client
 
 # Whole seconds a little in the past: the per-second hashes written for them are still kept.
 BASE = int(time.time()) - 120
@@ -26,7 +26,7 @@ BASE = int(time.time()) - 120
 
 @pytest.fixture
 async def redis_async(redis_client: redis_lib.Redis) -> AsyncIterator[AsyncRedis]:
-    client = redis_async_connect()
+    client = redis_async_client()
     yield client
     await client.aclose()
 
