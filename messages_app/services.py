@@ -193,7 +193,9 @@ def _dead_letter_store(row: Any, exc: Exception, job_id: str) -> None:
         message_id = uuid.UUID(str(payload.get("id")))
     except ValueError:
         # The key that makes a re-run store this dead letter once: derived from what the row holds.
-        message_id = uuid.uuid5(uuid.NAMESPACE_OID, repr(row))
+        # A row as decoded (a BatchRow) and as it arrived (a JSON list) must give the same key.
+        canonical = list(row) if isinstance(row, tuple | list) else row
+        message_id = uuid.uuid5(uuid.NAMESPACE_OID, repr(canonical))
     logger.error("Message %s cannot be stored, kept as a dead letter: %s", payload.get("id"), exc)
     # JSON (and so jsonb) cannot hold every string PostgreSQL's text refuses either: keep a repr.
     if "\x00" in str(payload.get("content")):
