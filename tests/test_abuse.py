@@ -1,0 +1,204 @@
+"""The doors in front of the pipeline hold against an attacker and a fault: each test runs a real
+granian server (the command `make run` runs) on loopback, with bounded floods."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import select
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import redis as redis_lib
+from django.conf import settings
+
+from ingestor_site.processes import WEB_HEADER_TIMEOUT_MS
+from tests.conftest import subprocess_database_url
+from tests.livestack import LiveStack, wait_until
+from tests.test_guarantees import assert_exactly_once, message, wait_all_stored
+
+pytestmark = [pytest.mark.integration]
+
+StackFactory = Callable[..., LiveStack]
+IDLE_FLOOD = 1_200  # past what took the server away before (about 1,000)
+# The server closes a silent socket after its header read timeout: allow that several times over.
+CLOSED_WITHIN_S = WEB_HEADER_TIMEOUT_MS / 1000 * 4
+
+
+@pytest.fixture(autouse=True)
+def enough_file_descriptors() -> None:
+    """Floods open more sockets than a default soft limit of 1,024 allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 8_192)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+@pytest.fixture
+def shared_stack(
+    transactional_db: None, redis_client: redis_lib.Redis, output_dir: Path
+) -> Iterator[StackFactory]:
+    """Build stacks on the test database and Redis (both emptied around the test), stopped after it."""
+    stacks: list[LiveStack] = []
+
+    def make(**env: str) -> LiveStack:
+        stack = LiveStack(
+            database_url=subprocess_database_url(), redis_url=settings.REDIS_URL, log_dir=output_dir, **env
+        )
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in reversed(stacks):
+        stack.stop()
+
+
+@contextlib.contextmanager
+def idle_sockets(port: int, count: int, first_bytes: bytes = b"") -> Iterator[list[socket.socket]]:
+    """`count` connections that send `first_bytes` (or nothing) and then hold still."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if first_bytes:
+                sock.sendall(first_bytes)
+            sockets.append(sock)
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has closed the socket (end of stream or reset)."""
+    # poll, not select: select() cannot watch descriptors numbered past 1,023.
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(0):
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def all_closed(sockets: list[socket.socket]) -> bool:
+    return all(closed_by_server(sock) for sock in sockets)
+
+
+def answers(stack: LiveStack) -> None:
+    """A fresh client gets its answers: liveness and an accepted message."""
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        assert client.get("/health/live").status_code == 200
+        response = client.post("/messages", json=message(1))
+        assert response.status_code == 201, response.text
+
+
+# --- 1. connections: idle, slow, past the limit --------------------------------------------------
+
+
+def test_a_flood_of_idle_connections_leaves_the_service_to_others_and_is_closed(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack()
+    stack.web_start(processes=2)
+    stack.worker_start()
+    with idle_sockets(stack.port, IDLE_FLOOD) as sockets:
+        answers(stack)
+        wait_until(lambda: all_closed(sockets), timeout_s=CLOSED_WITHIN_S, what="the idle sockets closed")
+        answers(stack)
+
+
+def test_partial_headers_and_idle_keep_alive_connections_are_closed(shared_stack: StackFactory) -> None:
+    stack = shared_stack()
+    stack.web_start()
+    with idle_sockets(stack.port, 50, first_bytes=b"GET /health/live HTTP/1.1\r\nHo") as partial:
+        keep_alive = []
+        for _ in range(50):
+            sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            keep_alive.append(sock)
+        try:
+            wait_until(lambda: all_closed(partial), timeout_s=CLOSED_WITHIN_S, what="partial headers closed")
+            wait_until(lambda: all_closed(keep_alive), timeout_s=CLOSED_WITHIN_S, what="keep-alives closed")
+        finally:
+            for sock in keep_alive:
+                sock.close()
+
+
+def test_past_the_connection_limit_new_clients_wait_for_idle_ones_to_be_closed(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack()
+    stack.web_start(connections=32)
+    stack.worker_start()
+    with idle_sockets(stack.port, 100) as sockets:
+        # Queued in the kernel until the server closes a silent socket; then served.
+        with httpx.Client(base_url=stack.url, timeout=CLOSED_WITHIN_S) as client:
+            assert client.get("/health/live").status_code == 200
+        wait_until(lambda: all_closed(sockets), timeout_s=CLOSED_WITHIN_S * 3, what="the idle sockets closed")
+
+
+# --- 3. a web process dies ------------------------------------------------------------------------
+
+
+def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack()
+    stack.web_start(processes=2)
+    stack.worker_start()
+    assert stack.web is not None
+    master = psutil.Process(stack.web.pid)
+    before = wait_until(
+        lambda: len(master.children()) == 2 and master.children(), timeout_s=10, what="2 workers"
+    )
+    acknowledged: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load(thread: int) -> None:
+        with httpx.Client(base_url=stack.url, timeout=10) as client:
+            index = 0
+            while not stop.is_set():
+                index += 1
+                try:
+                    response = client.post("/messages", json={**message(index), "id": str(uuid.uuid4())})
+                except httpx.TransportError as exc:
+                    failures.append(type(exc).__name__)  # the requests in flight on the killed process
+                    continue
+                assert response.status_code == 201, response.text
+                acknowledged.append(response.json()["message_id"])
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: len(acknowledged) > 100, timeout_s=30, what="load running")
+        os.kill(before[0].pid, signal.SIGKILL)
+        replaced = wait_until(
+            lambda: {child.pid for child in master.children()} - {child.pid for child in before},
+            timeout_s=10,
+            what="a new web process",
+        )
+        served = len(acknowledged)
+        wait_until(lambda: len(acknowledged) > served + 200, timeout_s=30, what="load going on")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert stack.web.poll() is None, "the granian master exited"
+    assert len(master.children()) == 2 and replaced
+    # Only requests caught on the killed process fail (one per client connection at most).
+    assert len(failures) <= len(threads), failures
+    wait_all_stored(subprocess_database_url(), acknowledged, timeout_s=60)
+    assert_exactly_once(subprocess_database_url(), acknowledged)
