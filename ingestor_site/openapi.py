@@ -17,6 +17,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 _ERRORS = {
     "400": _json(_ERROR, "Malformed JSON"),
     "401": _json(_ERROR, "Missing or unknown API key (only when INGEST_API_KEYS is set)"),
+    "408": _json(_ERROR, "The body did not all arrive within INGEST_BODY_TIMEOUT_S"),
     "413": _json(_ERROR, "Body or batch too large"),
     "415": _json(_ERROR, "Content-Type is not application/json"),
     "422": _json(_ERROR, "Invalid fields; `errors` maps each field to its reason"),

@@ -223,6 +223,8 @@ BATCH_LINGER_MS = env_int("BATCH_LINGER_MS", 5, minimum=0, maximum=10_000)
 INGEST_MAX_BACKLOG = env_int("INGEST_MAX_BACKLOG", 1_000_000, minimum=1)
 INGEST_API_KEYS = frozenset(env_list("INGEST_API_KEYS", ""))
 INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+# A body that has not all arrived by then (trickled byte by byte) is refused with 408.
+INGEST_BODY_TIMEOUT_S = env_int("INGEST_BODY_TIMEOUT_S", 10, minimum=1)
 INGEST_MAX_BATCH_ITEMS = env_int("INGEST_MAX_BATCH_ITEMS", 1000, minimum=1, maximum=10_000)
 INGEST_JOB_TIMEOUT = env_int("INGEST_JOB_TIMEOUT", 20, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BODY_BYTES

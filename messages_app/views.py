@@ -27,29 +27,61 @@ from messages_app.services import BatchRow
 from messages_app.validation import ValidMessage, message_validate
 
 
+def api_key_valid(*, x_api_key: str | None, authorization: str | None) -> bool:
+    """`X-API-Key: <key>` or `Authorization: Bearer <key>`, the key exactly one configured."""
+    if x_api_key is not None:
+        key = x_api_key
+    elif authorization is not None:
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+    else:
+        return False
+    return key in settings.INGEST_API_KEYS
+
+
+def body_too_large() -> JsonResponse:
+    return json_error(413, f"body larger than {settings.INGEST_MAX_BODY_BYTES} bytes")
+
+
+def ingest_door(
+    *, content_type: str, content_length: str | None, x_api_key: str | None, authorization: str | None
+) -> JsonResponse | None:
+    """What a POST of messages must pass before a byte of its body is read: the API key (401),
+    the content type (415) and the declared length (400, 413). The API handler asks it from the
+    request's headers before reading the body; the views ask it again (any other handler)."""
+    if settings.INGEST_API_KEYS and not api_key_valid(x_api_key=x_api_key, authorization=authorization):
+        return json_error(401, "missing or unknown API key (X-API-Key header)")
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        return json_error(415, f"Content-Type must be application/json, got {media_type or 'none'!r}")
+    if content_length is not None:
+        if not (content_length.isascii() and content_length.isdigit()):
+            return json_error(400, f"invalid Content-Length {content_length!r}")
+        if int(content_length) > settings.INGEST_MAX_BODY_BYTES:
+            return body_too_large()
+    return None
+
+
 def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
     """Decode the request body as JSON, or say precisely why not (401/413/415/400)."""
     # request.META, not request.headers: the latter builds a mapping of every header per request.
     meta = request.META
-    if settings.INGEST_API_KEYS:
-        key = meta.get("HTTP_X_API_KEY") or meta.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
-        if key not in settings.INGEST_API_KEYS:
-            return None, json_error(401, "missing or unknown API key (X-API-Key header)")
-    content_type = request.content_type or ""
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        return None, json_error(415, f"Content-Type must be application/json, got {content_type or 'none'!r}")
-    limit = settings.INGEST_MAX_BODY_BYTES
-    too_large = f"body larger than {limit} bytes"
-    declared = meta.get("CONTENT_LENGTH") or ""
-    if declared.isdigit() and int(declared) > limit:
-        return None, json_error(413, too_large)
+    problem = ingest_door(
+        content_type=meta.get("CONTENT_TYPE", ""),
+        content_length=meta.get("CONTENT_LENGTH") or None,
+        x_api_key=meta.get("HTTP_X_API_KEY"),
+        authorization=meta.get("HTTP_AUTHORIZATION"),
+    )
+    if problem is not None:
+        return None, problem
     try:
         body = request.body
     except RequestDataTooBig:
-        return None, json_error(413, too_large)
+        return None, body_too_large()
     # Also without a Content-Length (chunked): Django's own check uses DATA_UPLOAD_MAX_MEMORY_SIZE.
-    if len(body) > limit:
-        return None, json_error(413, too_large)
+    if len(body) > settings.INGEST_MAX_BODY_BYTES:
+        return None, body_too_large()
     try:
         return json.loads(body), None
     except (ValueError, RecursionError) as exc:

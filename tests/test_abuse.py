@@ -148,6 +148,81 @@ def test_past_the_connection_limit_new_clients_wait_for_idle_ones_to_be_closed(
         wait_until(lambda: all_closed(sockets), timeout_s=CLOSED_WITHIN_S * 3, what="the idle sockets closed")
 
 
+# --- 2. bodies: refused before they are read ------------------------------------------------------
+
+
+def head(method: str, path: str, *headers: str) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: localhost", *headers, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def status_of(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1.1 "), answer[:100]
+    return int(answer.split(b" ", 2)[1])
+
+
+def answer_to_head_alone(port: int, request_head: bytes) -> bytes:
+    """Send a request head that announces a body, send none of it, and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request_head)
+        return sock.recv(65536)
+
+
+def test_method_key_type_and_declared_length_are_refused_before_any_body_is_sent(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack(INGEST_API_KEYS="k1")
+    stack.web_start()
+    four_gb = f"Content-Length: {4 * 2**30}"
+    json_type = "Content-Type: application/json"
+    cases = {
+        405: head("PUT", "/messages", four_gb, json_type, "X-API-Key: k1"),
+        401: head("POST", "/messages", "Content-Length: 300000000", json_type),
+        415: head("POST", "/messages/batch", four_gb, "Content-Type: text/plain", "X-API-Key: k1"),
+        413: head("POST", "/messages", four_gb, json_type, "Authorization: Bearer k1"),
+    }
+    for expected, request_head in cases.items():
+        answer = answer_to_head_alone(stack.port, request_head)
+        assert status_of(answer) == expected, answer
+        assert b'"detail"' in answer  # JSON, as every API error
+    # The same refusals by path: a write to a read-only report is 405 without its body.
+    answer = answer_to_head_alone(stack.port, head("PUT", "/stats", four_gb))
+    assert status_of(answer) == 405, answer
+
+
+def test_a_body_without_a_length_is_read_up_to_the_limit_and_no_further(shared_stack: StackFactory) -> None:
+    stack = shared_stack(INGEST_MAX_BODY_BYTES="65536")
+    stack.web_start()
+    chunk = b"x" * 65536
+    framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    whole = 64 * 2**20  # what the client would send: 1,000 times the limit
+    sent = 0
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+        sock.sendall(
+            head("POST", "/messages", "Content-Type: application/json", "Transfer-Encoding: chunked")
+        )
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        with contextlib.suppress(OSError):  # the server may close while we still send
+            while sent < whole and not poller.poll(0):
+                sock.sendall(framed)
+                sent += len(chunk)
+        answer = sock.recv(65536)
+    assert status_of(answer) == 413, answer
+    assert sent < whole, "the server read the whole body before answering"
+
+
+def test_a_body_trickled_slower_than_the_body_timeout_is_refused_with_408(shared_stack: StackFactory) -> None:
+    stack = shared_stack(INGEST_BODY_TIMEOUT_S="1")
+    stack.web_start()
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=15) as sock:
+        sock.sendall(
+            head("POST", "/messages", "Content-Type: application/json", "Content-Length: 100") + b"{"
+        )
+        answer = sock.recv(65536)
+    assert status_of(answer) == 408, answer
+
+
 # --- 3. a web process dies ------------------------------------------------------------------------
 
 

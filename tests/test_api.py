@@ -366,7 +366,17 @@ async def test_queue_status_reports_backlog_jobs_workers_and_last_batch(
 @override_settings(INGEST_API_KEYS=frozenset({"key-one", "key-two"}))
 @pytest.mark.parametrize("path", ["/messages", "/messages/batch"])
 @pytest.mark.parametrize(
-    "headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": ""}, {"Authorization": "Bearer no"}]
+    "headers",
+    [
+        {},
+        {"X-API-Key": "wrong"},
+        {"X-API-Key": ""},
+        {"Authorization": "Bearer no"},
+        {"Authorization": "key-one"},  # no scheme
+        {"Authorization": "Basic key-one"},
+        {"X-API-Key": "key-one\t"},
+        {"Authorization": "Bearer  key-one"},
+    ],
 )
 async def test_posts_without_a_known_api_key_answer_401(
     api: httpx.AsyncClient, path: str, headers: dict[str, str]
