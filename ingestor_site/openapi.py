@@ -18,6 +18,9 @@ _ERRORS = {
     "400": _json(_ERROR, "Malformed JSON"),
     "401": _json(_ERROR, "Missing or unknown API key (only when INGEST_API_KEYS is set)"),
     "408": _json(_ERROR, "The body did not all arrive within INGEST_BODY_TIMEOUT_S"),
+    "409": _json(
+        _ERROR, "The client `id` was already used with different content (within INGEST_IDEMPOTENCY_WINDOW_S)"
+    ),
     "413": _json(_ERROR, "Body or batch too large"),
     "415": _json(_ERROR, "Content-Type is not application/json"),
     "422": _json(_ERROR, "Invalid fields; `errors` maps each field to its reason"),
@@ -88,6 +91,7 @@ OPENAPI_SCHEMA: dict[str, Any] = {
                                 "properties": {
                                     "messages": {
                                         "type": "array",
+                                        "minItems": 1,
                                         "items": {"$ref": "#/components/schemas/MessageIn"},
                                     }
                                 },
@@ -212,6 +216,11 @@ OPENAPI_SCHEMA: dict[str, Any] = {
                     "message_id": {"type": "string", "format": "uuid"},
                     "status": {"type": "string", "enum": ["queued"]},
                     "queued_at": {"type": "string", "format": "date-time"},
+                    "replay": {
+                        "type": "boolean",
+                        "description": "Only with a client `id`: true when that id came before with the same "
+                        "content (stored once, whatever the number of replays)",
+                    },
                 },
             },
             "BatchQueued": {
@@ -224,7 +233,26 @@ OPENAPI_SCHEMA: dict[str, Any] = {
                         "type": "array",
                         "items": {
                             "type": "object",
-                            "properties": {"index": {"type": "integer"}, "errors": {"type": "object"}},
+                            "properties": {
+                                "index": {"type": "integer"},
+                                "errors": {"type": "object"},
+                                "status": {
+                                    "type": "integer",
+                                    "description": "409: `id` reused with other content",
+                                },
+                            },
+                        },
+                    },
+                    "replays": {
+                        "type": "array",
+                        "description": "Accepted items whose client `id` came before with the same content "
+                        "(in an earlier request or earlier in this batch): stored once",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "index": {"type": "integer"},
+                                "id": {"type": "string", "format": "uuid"},
+                            },
                         },
                     },
                     "status": {"type": "string"},

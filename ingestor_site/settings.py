@@ -225,6 +225,9 @@ INGEST_API_KEYS = frozenset(env_list("INGEST_API_KEYS", ""))
 INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 1_048_576, minimum=1024)
 # A body that has not all arrived by then (trickled byte by byte) is refused with 408.
 INGEST_BODY_TIMEOUT_S = env_int("INGEST_BODY_TIMEOUT_S", 10, minimum=1)
+# How long a client `id` stays bound to its message's content: a reuse with other content
+# within it is refused (409); past it, only the row's uniqueness remains (the first content stays).
+INGEST_IDEMPOTENCY_WINDOW_S = env_int("INGEST_IDEMPOTENCY_WINDOW_S", 3600, minimum=1)
 INGEST_MAX_BATCH_ITEMS = env_int("INGEST_MAX_BATCH_ITEMS", 1000, minimum=1, maximum=10_000)
 INGEST_JOB_TIMEOUT = env_int("INGEST_JOB_TIMEOUT", 20, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BODY_BYTES

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from messages_app import selectors
 from messages_app.batcher import Overloaded, batcher_for_loop
 from messages_app.http import RETRY_AFTER_S, json_error, method_not_allowed, require_safe
-from messages_app.services import BatchRow
+from messages_app.services import BatchRow, client_ids_claim, message_digest
 from messages_app.validation import ValidMessage, message_validate
 
 
@@ -111,6 +111,86 @@ def _counted(response: JsonResponse) -> JsonResponse:
     return response
 
 
+def _conflict_detail(client_id: str) -> str:
+    return f"id {client_id} was already used with different content"
+
+
+NEW, REPLAY, CONFLICT = "new", "replay", "conflict"
+
+
+async def _claimed(messages: list[ValidMessage]) -> list[str] | JsonResponse:
+    """For each message (all with client ids): NEW, REPLAY (its id came before with the same
+    content) or CONFLICT (with other content); or the 503 to answer. A message without a client
+    id needs no claim: its server id is fresh."""
+    claims = [(m.id or "", message_digest(user_id=m.user_id, channel_id=m.channel_id, content=m.content))
+              for m in messages]  # fmt: skip
+    try:
+        previous = await sync_to_async(client_ids_claim, thread_sensitive=False)(claims=claims)
+    except (RedisError, OSError) as exc:
+        return json_error(503, f"queue unavailable: {type(exc).__name__}", redis="disconnected")
+    return [NEW if before is None else REPLAY if before == digest else CONFLICT
+            for before, (_, digest) in zip(previous, claims, strict=True)]  # fmt: skip
+
+
+Rejection = dict[str, Any]
+
+
+def _id_conflict(index: int, detail: str) -> Rejection:
+    return {"index": index, "status": 409, "errors": {"id": detail}}
+
+
+async def _batch_idempotency(
+    valid: list[tuple[int, ValidMessage]],
+) -> tuple[list[Rejection], list[dict[str, Any]], set[int]] | JsonResponse:
+    """The batch's client ids checked against earlier requests (one Redis round trip) and
+    against each other: (conflicts to reject, replays to report, indexes of items repeating an
+    earlier item of the batch, which need no row of their own); or the 503 to answer."""
+    first: dict[str, tuple[int, str]] = {}  # client id -> index and digest of its first item
+    firsts: list[ValidMessage] = []  # in the order of `first`
+    repeats: list[tuple[int, str, str]] = []  # index, id, digest of a later item with the id
+    for index, message in valid:
+        if message.id is None:
+            continue
+        digest = message_digest(
+            user_id=message.user_id, channel_id=message.channel_id, content=message.content
+        )
+        if message.id in first:
+            repeats.append((index, message.id, digest))
+        else:
+            first[message.id] = (index, digest)
+            firsts.append(message)
+    conflicts: list[Rejection] = []
+    replays: list[dict[str, Any]] = []
+    refused_ids: set[str] = set()
+    if first:
+        claimed = await _claimed(firsts)
+        if isinstance(claimed, JsonResponse):
+            return claimed
+        for (client_id, (index, _)), before in zip(first.items(), claimed, strict=True):
+            if before == CONFLICT:
+                conflicts.append(_id_conflict(index, _conflict_detail(client_id)))
+                refused_ids.add(client_id)
+            elif before == REPLAY:
+                replays.append({"index": index, "id": client_id})
+    duplicates: set[int] = set()
+    for index, client_id, digest in repeats:
+        first_index, first_digest = first[client_id]
+        if client_id in refused_ids:
+            conflicts.append(_id_conflict(index, _conflict_detail(client_id)))
+        elif digest != first_digest:
+            conflicts.append(
+                _id_conflict(
+                    index,
+                    f"id {client_id} is used by item {first_index} of this batch with different content",
+                )
+            )
+        else:
+            duplicates.add(index)
+            replays.append({"index": index, "id": client_id})
+    replays.sort(key=lambda replay: replay["index"])
+    return conflicts, replays, duplicates
+
+
 def _row(message: ValidMessage, received: float) -> BatchRow:
     return BatchRow(
         message.id or str(uuid6.uuid7()), message.user_id, message.channel_id, message.content, received
@@ -130,13 +210,26 @@ async def messages(request: HttpRequest) -> HttpResponse:
     message, errors = message_validate(payload)
     if message is None:
         return _counted(json_error(422, "invalid message", errors=errors))
+    replay: bool | None = None  # said only for a client id
+    if message.id is not None:
+        claimed = await _claimed([message])
+        if isinstance(claimed, JsonResponse):
+            return _counted(claimed)
+        if claimed[0] == CONFLICT:
+            return _counted(json_error(409, _conflict_detail(message.id), id=message.id))
+        # A replay is queued again: the row's uniqueness stores it once, and a first attempt
+        # whose enqueue failed (after its claim) still lands.
+        replay = claimed[0] == REPLAY
     received = time.time()
     row = _row(message, received)
     problem = await _submit([row])
     if problem is not None:
         return _counted(problem)
     queued_at = datetime.fromtimestamp(received, tz=UTC).isoformat()
-    return JsonResponse({"message_id": row.id, "status": "queued", "queued_at": queued_at}, status=201)
+    body: dict[str, Any] = {"message_id": row.id, "status": "queued", "queued_at": queued_at}
+    if replay is not None:
+        body["replay"] = replay
+    return JsonResponse(body, status=201)
 
 
 @csrf_exempt
@@ -156,21 +249,35 @@ async def messages_batch(request: HttpRequest) -> HttpResponse:
     if not items:
         return _counted(json_error(422, "'messages' must not be empty"))
     received = time.time()
-    rows: list[BatchRow] = []
+    valid: list[tuple[int, ValidMessage]] = []
     rejected: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         message, errors = message_validate(item)
         if message is None:
             rejected.append({"index": index, "errors": errors})
         else:
-            rows.append(_row(message, received))
-    body: dict[str, Any] = {
-        "accepted": len(rows),
-        "message_ids": [row.id for row in rows],
-        "rejected": rejected,
-    }
+            valid.append((index, message))
+    outcome = await _batch_idempotency(valid)
+    if isinstance(outcome, JsonResponse):
+        return _counted(outcome)
+    conflicts, replays, duplicate_indexes = outcome
+    rejected = sorted(rejected + conflicts, key=lambda rejection: rejection["index"])
+    conflicted = {conflict["index"] for conflict in conflicts}
+    accepted = [(index, message) for index, message in valid if index not in conflicted]
+    rows: list[BatchRow] = []
+    message_ids: list[str] = []
+    for index, message in accepted:
+        if index in duplicate_indexes and message.id is not None:
+            message_ids.append(message.id)  # its first item's row stores it
+            continue
+        rows.append(_row(message, received))
+        message_ids.append(rows[-1].id)
+    body: dict[str, Any] = {"accepted": len(accepted), "message_ids": message_ids, "rejected": rejected}
+    if replays:
+        body["replays"] = replays
     if not rows:
-        return _counted(JsonResponse({"detail": "no valid message in the batch", **body}, status=422))
+        status = 409 if conflicts and len(conflicts) == len(rejected) else 422
+        return _counted(JsonResponse({"detail": "no valid message in the batch", **body}, status=status))
     problem = await _submit(rows)
     if problem is not None:
         return _counted(problem)

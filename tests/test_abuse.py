@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import psycopg
 import pytest
 import redis as redis_lib
 from django.conf import settings
@@ -221,6 +222,33 @@ def test_a_body_trickled_slower_than_the_body_timeout_is_refused_with_408(shared
         )
         answer = sock.recv(65536)
     assert status_of(answer) == 408, answer
+
+
+# --- 4. a reused id --------------------------------------------------------------------------------
+
+
+def test_a_reused_id_is_a_replay_with_the_same_content_and_refused_with_other_content(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack()
+    stack.web_start(processes=2)
+    stack.worker_start()
+    client_id, in_batch = str(uuid.uuid4()), str(uuid.uuid4())
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        first = client.post("/messages", json={**message(1), "id": client_id})
+        again = client.post("/messages", json={**message(1), "id": client_id})
+        changed = client.post("/messages", json={**message(1), "content": "rewritten", "id": client_id})
+        batch = client.post("/messages/batch", json={"messages": [{**message(2), "id": in_batch}] * 2})
+    assert (first.status_code, again.status_code, changed.status_code) == (201, 201, 409)
+    assert (first.json()["replay"], again.json()["replay"]) == (False, True)
+    assert client_id in changed.json()["detail"]
+    assert batch.status_code == 201 and batch.json()["replays"] == [{"index": 1, "id": in_batch}]
+    database_url = subprocess_database_url()
+    wait_all_stored(database_url, [client_id, in_batch], timeout_s=30)
+    assert_exactly_once(database_url, [client_id, in_batch])
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT content FROM messages WHERE id = %s", (client_id,)).fetchone()
+    assert row == (message(1)["content"],)
 
 
 # --- 3. a web process dies ------------------------------------------------------------------------

@@ -150,13 +150,13 @@ def test_normalises_a_valid_client_id() -> None:
     assert message.id == str(client_id)
 
 
-def test_treats_a_null_client_id_as_absent() -> None:
-    message, _ = message_validate(_with(id=None))
+def test_an_absent_client_id_leaves_the_id_to_the_server() -> None:
+    message, _ = message_validate({key: value for key, value in GOOD.items() if key != "id"})
     assert message is not None
     assert message.id is None
 
 
-@pytest.mark.parametrize("client_id", ["not-a-uuid", "", "1234", 12345, True, ["x"], "g" * 32])
+@pytest.mark.parametrize("client_id", ["not-a-uuid", "", "1234", 12345, True, ["x"], "g" * 32, None])
 def test_rejects_a_client_id_that_is_not_a_uuid(client_id: Any) -> None:
     assert _errors_of(_with(id=client_id)) == {"id": "must be a UUID string"}
 
