@@ -21,6 +21,7 @@ from django.http import HttpRequest, HttpResponseBase
 from django.urls import set_script_prefix
 
 from messages_app.http import json_error
+from messages_app.ratelimit import identity_of_address, identity_of_key, ingest_limit, rate_check
 from messages_app.views import body_too_large, ingest_door
 
 Scope = dict[str, Any]
@@ -52,20 +53,33 @@ BODY_ROUTES = frozenset({("/messages", "POST"), ("/messages/batch", "POST")})
 _DOOR_HEADERS = frozenset({b"content-type", b"content-length", b"x-api-key", b"authorization"})
 
 
-def door_check(scope: Scope) -> HttpResponseBase | None:
-    """ingest_door's answer from the request's headers alone (the body still unread)."""
+async def door_check(scope: Scope) -> HttpResponseBase | None:
+    """ingest_door's answer from the request's headers alone (the body still unread), then the
+    rate limit of the request's API key (of its client address without keys)."""
     found: dict[bytes, str] = {}
     for name, value in scope["headers"]:
         if (name := name.lower()) in _DOOR_HEADERS:
             text = value.decode("latin1")
             # A repeated header joins as in Django's request.META: a repeated length is then invalid.
             found[name] = f"{found[name]},{text}" if name in found else text
-    return ingest_door(
+    x_api_key, authorization = found.get(b"x-api-key"), found.get(b"authorization")
+    refusal = ingest_door(
         content_type=found.get(b"content-type", ""),
         content_length=found.get(b"content-length"),
-        x_api_key=found.get(b"x-api-key"),
-        authorization=found.get(b"authorization"),
+        x_api_key=x_api_key,
+        authorization=authorization,
     )
+    if refusal is not None:
+        return refusal
+    limit = ingest_limit()
+    if limit.item is None:
+        return None
+    if settings.INGEST_API_KEYS:  # the key is valid: ingest_door said so
+        key = x_api_key if x_api_key is not None else (authorization or "").partition(" ")[2]
+        identity = identity_of_key(key)
+    else:
+        identity = identity_of_address((scope.get("client") or (None,))[0])
+    return await rate_check(limit, identity)
 
 
 class BodyRefused(Exception):
@@ -151,7 +165,7 @@ class ApiASGIHandler(ASGIHandler):
         body = b""
         body_unread = (scope["path"], scope["method"]) not in BODY_ROUTES
         if not body_unread:
-            early = door_check(scope)
+            early = await door_check(scope)
             if early is None:
                 try:
                     body = await body_read_capped(

@@ -22,6 +22,7 @@ _ERRORS = {
         _ERROR, "The client `id` was already used with different content (within INGEST_IDEMPOTENCY_WINDOW_S)"
     ),
     "413": _json(_ERROR, "Body or batch too large"),
+    "429": _json(_ERROR, "Over INGEST_RATE_LIMIT; see Retry-After and the RateLimit-* headers"),
     "415": _json(_ERROR, "Content-Type is not application/json"),
     "422": _json(_ERROR, "Invalid fields; `errors` maps each field to its reason"),
     "503": _json(_ERROR, "Redis unreachable or backlog over INGEST_MAX_BACKLOG; see Retry-After"),
@@ -173,6 +174,7 @@ OPENAPI_SCHEMA: dict[str, Any] = {
                     "202": _json({"$ref": "#/components/schemas/Accepted"}, "The burst is in Redis"),
                     "403": {"description": "CSRF check failed"},
                     "422": _ERRORS["422"],
+                    "429": _json(_ERROR, "Over SIMULATE_RATE_LIMIT (per client address)"),
                     "503": _ERRORS["503"],
                 },
             }

@@ -228,6 +228,27 @@ INGEST_BODY_TIMEOUT_S = env_int("INGEST_BODY_TIMEOUT_S", 10, minimum=1)
 # How long a client `id` stays bound to its message's content: a reuse with other content
 # within it is refused (409); past it, only the row's uniqueness remains (the first content stays).
 INGEST_IDEMPOTENCY_WINDOW_S = env_int("INGEST_IDEMPOTENCY_WINDOW_S", 3600, minimum=1)
+
+
+def env_rate(name: str, default: str) -> str:
+    """A rate limit as `limits` writes it ("100/second", "6000 per minute"); empty: no limit."""
+    from limits import parse
+
+    value = env_str(name, default).strip()
+    if value.lower() in {"", "off", "none", "0"}:
+        return ""
+    try:
+        parse(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a rate such as 100/second, got {value!r}") from exc
+    return value
+
+
+# Requests per API key (per client address without keys) on POST /messages and /messages/batch,
+# counted across all web processes in Redis; off by default (README, Operations, says why).
+INGEST_RATE_LIMIT = env_rate("INGEST_RATE_LIMIT", "")
+# /simulate queues up to 10,000 messages a request: limited per client address whatever the keys.
+SIMULATE_RATE_LIMIT = env_rate("SIMULATE_RATE_LIMIT", "6/minute")
 INGEST_MAX_BATCH_ITEMS = env_int("INGEST_MAX_BATCH_ITEMS", 1000, minimum=1, maximum=10_000)
 INGEST_JOB_TIMEOUT = env_int("INGEST_JOB_TIMEOUT", 20, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BODY_BYTES

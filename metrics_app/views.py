@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from messages_app.batcher import Overloaded
 from messages_app.http import json_error, require_methods, require_safe
+from messages_app.ratelimit import identity_of_address, rate_check, simulate_limit
 from messages_app.services import messages_reset
 from messages_app.simulate import SIMULATE_MAX, burst_simulate
 from metrics_app.broadcaster import dashboard_page_state
@@ -99,6 +100,11 @@ async def simulate(request: HttpRequest) -> HttpResponse:
     # Writes need a key when keys are configured: from the dashboard, a staff session stands in.
     if settings.INGEST_API_KEYS and not await _is_staff(request):
         return _answer(request, 403, "with INGEST_API_KEYS set, only staff may simulate bursts")
+    # Whatever the keys: without them anyone who can post a form (CSRF only asks for a cookie the
+    # client sets itself) may ask for a burst of 10,000 messages.
+    limited = await rate_check(simulate_limit(), identity_of_address(request.META.get("REMOTE_ADDR")))
+    if limited is not None:
+        return limited
     try:
         count = _requested_count(request)
     except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested past the parser's depth

@@ -251,6 +251,56 @@ def test_a_reused_id_is_a_replay_with_the_same_content_and_refused_with_other_co
     assert row == (message(1)["content"],)
 
 
+# --- 5. rate limits --------------------------------------------------------------------------------
+
+
+def assert_limited(response: httpx.Response, limit: int) -> None:
+    assert response.status_code == 429, response.text
+    assert int(response.headers["Retry-After"]) >= 1
+    assert response.headers["RateLimit-Limit"] == str(limit)
+    assert response.headers["RateLimit-Remaining"] == "0"
+    assert int(response.headers["RateLimit-Reset"]) >= 1
+    assert "rate limit" in response.json()["detail"]
+
+
+def test_posts_over_the_rate_limit_answer_429_counted_across_web_processes(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack(INGEST_RATE_LIMIT="6/minute")
+    stack.web_start(processes=2)
+    # Fresh connections, so both processes take some of them.
+    answers = [httpx.post(f"{stack.url}/messages", json=message(n), timeout=10) for n in range(9)]
+    assert [response.status_code for response in answers] == [201] * 6 + [429] * 3
+    assert_limited(answers[-1], 6)
+
+
+def test_with_api_keys_each_key_has_its_own_rate_limit(shared_stack: StackFactory) -> None:
+    stack = shared_stack(INGEST_RATE_LIMIT="3/minute", INGEST_API_KEYS="k1,k2")
+    stack.web_start()
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        first = [client.post("/messages", json=message(n), headers={"X-API-Key": "k1"}) for n in range(4)]
+        other = client.post("/messages", json=message(9), headers={"Authorization": "Bearer k2"})
+        no_key = client.post("/messages", json=message(9))
+    assert [response.status_code for response in first] == [201, 201, 201, 429]
+    assert other.status_code == 201
+    assert no_key.status_code == 401  # refused for its key before it counts against anyone
+
+
+def test_an_anonymous_client_with_its_own_csrf_cookie_is_rate_limited_on_simulate(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack(SIMULATE_RATE_LIMIT="2/minute")
+    stack.web_start()
+    token = "a" * 32
+    with httpx.Client(base_url=stack.url, timeout=10, cookies={"csrftoken": token}) as client:
+        answers = [
+            client.post("/simulate", json={"count": 1}, headers={"X-CSRFToken": token, "Referer": stack.url})
+            for _ in range(3)
+        ]
+    assert [response.status_code for response in answers] == [202, 202, 429], [r.text for r in answers]
+    assert_limited(answers[-1], 2)
+
+
 # --- 3. a web process dies ------------------------------------------------------------------------
 
 

@@ -216,7 +216,7 @@ def test_redis_url_with_options_keeps_the_scheme_credentials_and_query() -> None
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("BATCH_SIZE", "0"), ("BATCH_SIZE", "many"), ("DEBUG", "maybe"), ("INGEST_MAX_BODY_BYTES", "10"),
-     ("DATABASE_URL", "mysql://u@h/db")],
+     ("DATABASE_URL", "mysql://u@h/db"), ("INGEST_RATE_LIMIT", "lots"), ("SIMULATE_RATE_LIMIT", "5 a day")],
 )  # fmt: skip
 def test_a_bad_environment_variable_stops_start_up(variable: str, value: str) -> None:
     result = run_settings({**os.environ, variable: value})
