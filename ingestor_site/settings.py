@@ -283,6 +283,29 @@ LOGGING = {
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
+# --- HTTPS in production: off for local runs over plain HTTP, each settable from the environment
+# (`manage.py check --deploy` is clean with them on: tests/test_settings.py).
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+
+
+def proxy_ssl_header_from_env() -> tuple[str, str] | None:
+    """`SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto: https"`: the header (set by a proxy that
+    strips it from clients) and value that mark a request as having arrived over HTTPS."""
+    raw = env_str("SECURE_PROXY_SSL_HEADER", "")
+    if not raw:
+        return None
+    name, separator, value = raw.partition(":")
+    if not separator or not name.strip() or not value.strip():
+        raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER must be 'Header-Name: value', got {raw!r}")
+    return "HTTP_" + name.strip().upper().replace("-", "_"), value.strip()
+
+
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header_from_env()
+
 RQ = {"WORKER_CLASS": "messages_app.worker.IngestWorker"}
 
 # --- Local commands from a fresh clone ---------------------------------------------------------
