@@ -148,6 +148,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "ingestor_site.urls"
+# JSON for the JSON doors behind CSRF (/simulate, /reset); Django's page for the admin.
+CSRF_FAILURE_VIEW = "ingestor_site.views.csrf_failure"
 ASGI_APPLICATION = "ingestor_site.asgi.application"
 
 TEMPLATES = [

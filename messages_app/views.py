@@ -199,11 +199,11 @@ def _row(message: ValidMessage, received: float) -> BatchRow:
 
 @csrf_exempt
 async def messages(request: HttpRequest) -> HttpResponse:
-    """POST a message (201 once it is in Redis); GET the latest persisted messages."""
-    if request.method == "GET":
+    """POST a message (201 once it is in Redis); GET (or HEAD) the latest persisted messages."""
+    if request.method in {"GET", "HEAD"}:
         return await messages_list(request)
     if request.method != "POST":
-        return method_not_allowed(request, "GET, POST")
+        return method_not_allowed(request, "GET, HEAD, POST")
     payload, problem = _json_body(request)
     if problem is not None:
         return _counted(problem)

@@ -84,6 +84,13 @@ async def test_post_message_with_a_client_id_uses_it_as_the_message_id(
     assert (first.json()["replay"], second.json()["replay"]) == (False, True)
 
 
+@pytest.mark.django_db(transaction=True)
+async def test_head_messages_answers_like_get(api: httpx.AsyncClient) -> None:
+    response = await api.head("/messages")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json"
+
+
 async def test_a_client_id_reused_with_different_content_answers_409_naming_it(
     api: httpx.AsyncClient, redis_client: redis_lib.Redis
 ) -> None:
@@ -194,9 +201,9 @@ async def test_answers_413_to_a_chunked_body_over_the_limit(api: httpx.AsyncClie
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("PUT", "/messages", "GET, POST"),
-        ("DELETE", "/messages", "GET, POST"),
-        ("PATCH", "/messages", "GET, POST"),
+        ("PUT", "/messages", "GET, HEAD, POST"),
+        ("DELETE", "/messages", "GET, HEAD, POST"),
+        ("PATCH", "/messages", "GET, HEAD, POST"),
         ("GET", "/messages/batch", "POST"),
         ("PUT", "/messages/batch", "POST"),
         ("POST", "/health", "GET, HEAD"),
