@@ -157,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
             env = services.env
             manage(env, "migrate", "--noinput", "-v", "0")
             manage(env, "collectstatic", "--noinput", "-v", "0")
+            # Before any worker: counters a crash left short of the table start from it again.
+            manage(env, "metrics_reconcile", "-v", "0")
             supervisor = Supervisor(env, host=host, port=port, workers=workers, web_processes=web_processes,
                                     web_connections=web_connections)  # fmt: skip
 

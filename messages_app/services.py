@@ -216,6 +216,20 @@ def messages_reset() -> None:
     metrics.metrics_reset(redis_connection())
 
 
+# --- Counters reconciled with the tables -----------------------------------------------------------
+
+
+def counters_reconcile() -> tuple[int, int]:
+    """Set the stored-message and dead-letter counters to the tables' exact counts; returns them.
+
+    Exact only while no worker writes (a batch committed during the counts is then counted twice
+    or not at all): `make run` and compose's migrate step run it before starting the workers.
+    """
+    messages, dead_letters = Message.objects.count(), DeadLetter.objects.count()
+    metrics.totals_set(redis_connection(), messages=messages, dead_letters=dead_letters)
+    return messages, dead_letters
+
+
 # --- Idempotency of client ids ------------------------------------------------------------------
 
 IDEMPOTENCY_KEY_PREFIX = "ingestor:idem:"
