@@ -355,3 +355,43 @@ def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
     assert len(failures) <= len(threads), failures
     wait_all_stored(subprocess_database_url(), acknowledged, timeout_s=60)
     assert_exactly_once(subprocess_database_url(), acknowledged)
+
+
+# --- 6. production settings -----------------------------------------------------------------------
+
+
+def test_a_deployment_without_a_secret_key_does_not_start_and_says_why(shared_stack: StackFactory) -> None:
+    stack = shared_stack(INGESTOR_LOCAL="false", SECRET_KEY="")
+    with pytest.raises(RuntimeError, match="exited"):
+        stack.web_start()
+    assert "SECRET_KEY is not set" in stack.log("web")
+
+
+# --- 7. the smaller doors -------------------------------------------------------------------------
+
+
+def test_methods_keys_and_schemas_are_answered_as_documented(shared_stack: StackFactory) -> None:
+    stack = shared_stack(INGEST_API_KEYS="k1")
+    stack.web_start()
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        assert client.request("TRACE", "/").status_code == 405
+        assert client.head("/messages").status_code == 200
+        for method in ("PUT", "PATCH", "DELETE", "TRACE"):
+            for path in ("/stats", "/metrics"):
+                assert client.request(method, path).status_code == 405, (method, path)
+        for method, path in (("PUT", "/simulate"), ("GET", "/reset"), ("PATCH", "/reset")):
+            refused = client.request(method, path)
+            assert refused.status_code == 405, (method, path)
+            assert "detail" in refused.json()
+        refused = client.post("/simulate", json={"count": 1})  # no CSRF token
+        assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
+        for authorization in ("k1", "Basic k1", "Bearer k2"):
+            response = client.post("/messages", json=message(1), headers={"Authorization": authorization})
+            assert response.status_code == 401, authorization
+        keyed = {"X-API-Key": "k1"}
+        assert client.post("/messages", json={**message(1), "id": None}, headers=keyed).status_code == 422
+        assert client.post("/messages/batch", json={"messages": []}, headers=keyed).status_code == 422
+        assert (
+            client.post("/messages", json=message(1), headers={"Authorization": "bearer k1"}).status_code
+            == 201
+        )
