@@ -127,7 +127,13 @@ async def _claimed(messages: list[ValidMessage]) -> list[str] | JsonResponse:
     try:
         previous = await sync_to_async(client_ids_claim, thread_sensitive=False)(claims=claims)
     except (RedisError, OSError) as exc:
-        return json_error(503, f"queue unavailable: {type(exc).__name__}", redis="disconnected")
+        # Nothing is queued yet: a retry with the same ids is safe (as after _submit's 503).
+        return json_error(
+            503,
+            f"queue unavailable: {type(exc).__name__}; if you retry, send these ids as `id`",
+            redis="disconnected",
+            message_ids=[client_id for client_id, _ in claims],
+        )
     return [NEW if before is None else REPLAY if before == digest else CONFLICT
             for before, (_, digest) in zip(previous, claims, strict=True)]  # fmt: skip
 

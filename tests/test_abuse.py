@@ -320,7 +320,7 @@ def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
         lambda: len(master.children()) == 2 and master.children(), timeout_s=10, what="2 workers"
     )
     acknowledged: list[str] = []
-    failures: list[str] = []
+    failures: list[str] = []  # ids of the requests that got no answer: stored or not, both are right
     stop = threading.Event()
 
     def load(thread: int) -> None:
@@ -328,10 +328,11 @@ def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
             index = 0
             while not stop.is_set():
                 index += 1
+                client_id = str(uuid.uuid4())
                 try:
-                    response = client.post("/messages", json={**message(index), "id": str(uuid.uuid4())})
-                except httpx.TransportError as exc:
-                    failures.append(type(exc).__name__)  # the requests in flight on the killed process
+                    response = client.post("/messages", json={**message(index), "id": client_id})
+                except httpx.TransportError:
+                    failures.append(client_id)  # in flight on the killed process
                     continue
                 assert response.status_code == 201, response.text
                 acknowledged.append(response.json()["message_id"])
@@ -358,7 +359,7 @@ def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
     # Only requests caught on the killed process fail (one per client connection at most).
     assert len(failures) <= len(threads), failures
     wait_all_stored(subprocess_database_url(), acknowledged, timeout_s=60)
-    assert_exactly_once(subprocess_database_url(), acknowledged)
+    assert_exactly_once(subprocess_database_url(), acknowledged, unknown=frozenset(failures))
 
 
 # --- 6. production settings -----------------------------------------------------------------------
