@@ -23,4 +23,5 @@ RUN SECRET_KEY=collectstatic-at-build-time python manage.py collectstatic --noin
 
 USER 10001:10001
 EXPOSE 8000
-CMD ["python", "-m", "granian", "--interface", "asginl", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "ingestor_site.asgi:application"]
+# granian with the same connection limits, timeouts and respawn as `make run` (README, Operations).
+CMD ["python", "-m", "ingestor_site.processes", "web", "--host", "0.0.0.0", "--port", "8000", "--processes", "2"]

@@ -8,15 +8,21 @@ upgrade moves one.
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import set_script_prefix
+
+from messages_app.http import json_error
+from messages_app.ratelimit import identity_of_address, identity_of_key, ingest_limit, rate_check
+from messages_app.views import body_too_large, ingest_door
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -38,6 +44,88 @@ API_PATHS = frozenset(
 )
 
 
+# The only requests of the API whose body is read: each is checked by `ingest_door` (method,
+# path, API key, content type, declared length) before a byte of it is, and then read into
+# memory up to INGEST_MAX_BODY_BYTES. Any other request's body is never read: its view answers
+# from the method, path and query alone (405 to a write it does not take).
+BODY_ROUTES = frozenset({("/messages", "POST"), ("/messages/batch", "POST")})
+# The request headers ingest_door reads.
+_DOOR_HEADERS = frozenset({b"content-type", b"content-length", b"x-api-key", b"authorization"})
+
+
+async def door_check(scope: Scope) -> HttpResponseBase | None:
+    """ingest_door's answer from the request's headers alone (the body still unread), then the
+    rate limit of the request's API key (of its client address without keys)."""
+    found: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if (name := name.lower()) in _DOOR_HEADERS:
+            text = value.decode("latin1")
+            # A repeated header joins as in Django's request.META: a repeated length is then invalid.
+            found[name] = f"{found[name]},{text}" if name in found else text
+    x_api_key, authorization = found.get(b"x-api-key"), found.get(b"authorization")
+    refusal = ingest_door(
+        content_type=found.get(b"content-type", ""),
+        content_length=found.get(b"content-length"),
+        x_api_key=x_api_key,
+        authorization=authorization,
+    )
+    if refusal is not None:
+        return refusal
+    limit = ingest_limit()
+    if limit.item is None:
+        return None
+    if settings.INGEST_API_KEYS:  # the key is valid: ingest_door said so
+        key = x_api_key if x_api_key is not None else (authorization or "").partition(" ")[2]
+        identity = identity_of_key(key)
+    else:
+        identity = identity_of_address((scope.get("client") or (None,))[0])
+    return await rate_check(limit, identity)
+
+
+class BodyRefused(Exception):
+    """The body was not read to its end: the answer (413, 408) says why."""
+
+    def __init__(self, response: HttpResponseBase) -> None:
+        self.response = response
+
+
+async def body_read_capped(receive: Receive, *, limit: int, timeout_s: float) -> bytes:
+    """The request body, in memory, refused (BodyRefused) as soon as it passes `limit` bytes or
+    has not all arrived within `timeout_s` (a body trickled byte by byte); RequestAborted when
+    the client hangs up. Django's read_body, by contrast, spools any size to a temporary file
+    with no deadline."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise RequestAborted()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise BodyRefused(body_too_large())
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        raise BodyRefused(json_error(408, f"request body not received within {timeout_s:g}s")) from None
+
+
+async def hang_up_wait(receive: Receive, *, body_unread: bool) -> None:
+    """Raise RequestAborted once the client hangs up. The body of a request whose body was not
+    read is discarded as it arrives meanwhile (only while its view runs and answers)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestAborted()
+        if body_unread and message["type"] == "http.request":
+            body_unread = message.get("more_body", False)
+            continue
+        raise RuntimeError(f"Invalid ASGI message after request body: {message['type']}")
+
+
 class ApiASGIHandler(ASGIHandler):
     """Django's ASGI handler, lean: no middleware, no per-request thread, no thread hop.
 
@@ -57,7 +145,9 @@ class ApiASGIHandler(ASGIHandler):
       themselves, so no connection waits for a receiver in Django's shared sync thread either.
 
     What it drops: request_started, whose receivers prepare that shared sync thread's
-    connection, which the API views do not use.
+    connection, which the API views do not use; and Django's read_body(), which reads any body
+    whole (to a temporary file past 2.5 MB) before the view can refuse it: here a body is read
+    only for BODY_ROUTES, after their checks, into memory, capped and with a deadline.
     """
 
     def load_middleware(self, is_async: bool = False) -> None:
@@ -72,10 +162,26 @@ class ApiASGIHandler(ASGIHandler):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        try:
-            body_file = await self.read_body(receive)
-        except RequestAborted:
-            return
+        body = b""
+        body_unread = (scope["path"], scope["method"]) not in BODY_ROUTES
+        if not body_unread:
+            early = await door_check(scope)
+            if early is None:
+                try:
+                    body = await body_read_capped(
+                        receive,
+                        limit=settings.INGEST_MAX_BODY_BYTES,
+                        timeout_s=settings.INGEST_BODY_TIMEOUT_S,
+                    )
+                except RequestAborted:
+                    return
+                except BodyRefused as refused:
+                    early = refused.response
+            if early is not None:
+                await self.send_response(early, send)
+                early.close()
+                return
+        body_file = io.BytesIO(body)
         try:
             set_script_prefix(get_script_prefix(scope))
             request, error_response = self.create_request(scope, body_file)
@@ -84,7 +190,9 @@ class ApiASGIHandler(ASGIHandler):
                 response: HttpResponseBase | None = error_response
                 await self.send_response(error_response, send)
             else:
-                response = await self._response_unless_hung_up(request, receive, send)
+                response = await self._response_unless_hung_up(
+                    request, receive, send, body_unread=body_unread
+                )
         finally:
             body_file.close()
         if response is None:
@@ -94,7 +202,7 @@ class ApiASGIHandler(ASGIHandler):
             response.close()
 
     async def _response_unless_hung_up(
-        self, request: HttpRequest, receive: Receive, send: Send
+        self, request: HttpRequest, receive: Receive, send: Send, *, body_unread: bool
     ) -> HttpResponseBase | None:
         """Run the view and send its response; cancel both if the client hangs up meanwhile.
 
@@ -109,7 +217,7 @@ class ApiASGIHandler(ASGIHandler):
         async def cancel_on_hang_up() -> None:
             nonlocal hung_up
             try:
-                await self.listen_for_disconnect(receive)
+                await hang_up_wait(receive, body_unread=body_unread)
             except RequestAborted:
                 hung_up = True
                 request_task.cancel()

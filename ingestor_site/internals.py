@@ -35,11 +35,9 @@ _REQUEUE = "IngestWorker._abandoned_requeue"
 DJANGO = (
     # ApiASGIHandler replaces ASGIHandler.__call__() and handle() with a leaner request cycle
     # built from the same parts.
-    Reliance(f"{_ASGI}.read_body", "ApiASGIHandler", ("self", "receive")),
     Reliance(f"{_ASGI}.create_request", "ApiASGIHandler", ("self", "scope", "body_file")),
     Reliance(f"{_ASGI}.run_get_response", "ApiASGIHandler", ("self", "request")),
     Reliance(f"{_ASGI}.send_response", "ApiASGIHandler", ("self", "response", "send")),
-    Reliance(f"{_ASGI}.listen_for_disconnect", "ApiASGIHandler", ("self", "receive")),
     Reliance("django.core.handlers.asgi:get_script_prefix", "ApiASGIHandler", ("scope",)),
     # ApiASGIHandler.load_middleware sets the attributes BaseHandler.load_middleware sets, with
     # no middleware; test_internals also compares the attributes each one sets.

@@ -17,7 +17,12 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 _ERRORS = {
     "400": _json(_ERROR, "Malformed JSON"),
     "401": _json(_ERROR, "Missing or unknown API key (only when INGEST_API_KEYS is set)"),
+    "408": _json(_ERROR, "The body did not all arrive within INGEST_BODY_TIMEOUT_S"),
+    "409": _json(
+        _ERROR, "The client `id` was already used with different content (within INGEST_IDEMPOTENCY_WINDOW_S)"
+    ),
     "413": _json(_ERROR, "Body or batch too large"),
+    "429": _json(_ERROR, "Over INGEST_RATE_LIMIT; see Retry-After and the RateLimit-* headers"),
     "415": _json(_ERROR, "Content-Type is not application/json"),
     "422": _json(_ERROR, "Invalid fields; `errors` maps each field to its reason"),
     "503": _json(_ERROR, "Redis unreachable or backlog over INGEST_MAX_BACKLOG; see Retry-After"),
@@ -87,6 +92,7 @@ OPENAPI_SCHEMA: dict[str, Any] = {
                                 "properties": {
                                     "messages": {
                                         "type": "array",
+                                        "minItems": 1,
                                         "items": {"$ref": "#/components/schemas/MessageIn"},
                                     }
                                 },
@@ -168,6 +174,7 @@ OPENAPI_SCHEMA: dict[str, Any] = {
                     "202": _json({"$ref": "#/components/schemas/Accepted"}, "The burst is in Redis"),
                     "403": {"description": "CSRF check failed"},
                     "422": _ERRORS["422"],
+                    "429": _json(_ERROR, "Over SIMULATE_RATE_LIMIT (per client address)"),
                     "503": _ERRORS["503"],
                 },
             }
@@ -216,6 +223,11 @@ OPENAPI_SCHEMA: dict[str, Any] = {
                     "message_id": {"type": "string", "format": "uuid"},
                     "status": {"type": "string", "enum": ["queued"]},
                     "queued_at": {"type": "string", "format": "date-time"},
+                    "replay": {
+                        "type": "boolean",
+                        "description": "Only with a client `id`: true when that id came before with the same "
+                        "content (stored once, whatever the number of replays)",
+                    },
                 },
             },
             "BatchQueued": {
@@ -228,7 +240,26 @@ OPENAPI_SCHEMA: dict[str, Any] = {
                         "type": "array",
                         "items": {
                             "type": "object",
-                            "properties": {"index": {"type": "integer"}, "errors": {"type": "object"}},
+                            "properties": {
+                                "index": {"type": "integer"},
+                                "errors": {"type": "object"},
+                                "status": {
+                                    "type": "integer",
+                                    "description": "409: `id` reused with other content",
+                                },
+                            },
+                        },
+                    },
+                    "replays": {
+                        "type": "array",
+                        "description": "Accepted items whose client `id` came before with the same content "
+                        "(in an earlier request or earlier in this batch): stored once",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "index": {"type": "integer"},
+                                "id": {"type": "string", "format": "uuid"},
+                            },
                         },
                     },
                     "status": {"type": "string"},

@@ -35,10 +35,30 @@ def say(text: str) -> None:
     print(f"[ingestor] {text}", flush=True)
 
 
-def web_command(*, host: str = "127.0.0.1", port: int, processes: int = 1) -> list[str]:
-    """The web server as `make run` runs it: granian, ASGI without lifespan."""
+# Connection hygiene, measured with idle-socket floods on loopback (README, Operations):
+# - HTTP/1 only: with granian's default HTTP/1-or-2 detection a connection that sends nothing is
+#   never timed out (the protocol sniff waits for a first byte before hyper's timer starts);
+#   with `--http 1` the header read timeout runs from the accept, so idle sockets, partial
+#   headers and idle keep-alive connections are all closed after it. WebSockets are HTTP/1.
+# - Connections per process: granian stops accepting past `--backpressure` open connections
+#   (its default, backlog / processes = 512, let ~1,000 idle sockets take the whole server
+#   away). Each held connection costs a few KB in granian and a file descriptor.
+# - Respawn: without it one worker's death makes the granian master stop the others too.
+WEB_HEADER_TIMEOUT_MS = 5_000
+WEB_CONNECTIONS_PER_PROCESS = 4_096
+WEB_BACKLOG = 4_096
+WEB_RESPAWN_INTERVAL_S = 0.2
+
+
+def web_command(
+    *, host: str = "127.0.0.1", port: int, processes: int = 1, connections: int = WEB_CONNECTIONS_PER_PROCESS
+) -> list[str]:
+    """The web server as `make run` and the Docker image run it: granian, ASGI without lifespan."""
     command = [PYTHON, "-m", "granian", "--interface", "asginl", "--host", host, "--port", str(port),
-               "--workers", str(processes), "--log-level", "warning"]  # fmt: skip
+               "--workers", str(processes), "--log-level", "warning",
+               "--http", "1", "--http1-header-read-timeout", str(WEB_HEADER_TIMEOUT_MS),
+               "--backpressure", str(connections), "--backlog", str(WEB_BACKLOG),
+               "--respawn-failed-workers", "--respawn-interval", str(WEB_RESPAWN_INTERVAL_S)]  # fmt: skip
     if (STATIC_ROOT / "staticfiles.json").exists():
         # granian serves the collected files itself: WhiteNoise, being synchronous, would stream
         # them through Django's ASGI handler, which warns about (and buffers) sync iterators.
@@ -158,8 +178,11 @@ class WebAndWorkers:
             self._logs[name] = (self.log_dir / f"{name}.log").open("ab")
         return spawn(command, env=self.env, log=self._logs[name])
 
-    def web_start(self, processes: int = 1, *, timeout_s: float = 30.0) -> None:
-        self.web = self._spawn("web", web_command(port=self.port, processes=processes))
+    def web_start(
+        self, processes: int = 1, *, connections: int = WEB_CONNECTIONS_PER_PROCESS, timeout_s: float = 30.0
+    ) -> None:
+        command = web_command(port=self.port, processes=processes, connections=connections)
+        self.web = self._spawn("web", command)
         live_wait(self.url, process=self.web, timeout_s=timeout_s)
 
     def worker_start(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
@@ -184,3 +207,24 @@ class WebAndWorkers:
         for handle in self._logs.values():
             handle.close()
         self._logs.clear()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m ingestor_site.processes web ...`: the web command alone, for the Docker image."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ingestor_site.processes")
+    parser.add_argument("what", choices=["web"])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=WEB_CONNECTIONS_PER_PROCESS)
+    args = parser.parse_args(argv)
+    command = web_command(
+        host=args.host, port=args.port, processes=args.processes, connections=args.connections
+    )
+    os.execv(command[0], command)  # noqa: S606
+
+
+if __name__ == "__main__":
+    main()

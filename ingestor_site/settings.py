@@ -165,6 +165,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "ingestor_site.urls"
+# JSON for the JSON doors behind CSRF (/simulate, /reset); Django's page for the admin.
+CSRF_FAILURE_VIEW = "ingestor_site.views.csrf_failure"
 ASGI_APPLICATION = "ingestor_site.asgi.application"
 
 TEMPLATES = [
@@ -269,6 +271,32 @@ BATCH_LINGER_MS = env_int("BATCH_LINGER_MS", 5, minimum=0, maximum=10_000)
 INGEST_MAX_BACKLOG = env_int("INGEST_MAX_BACKLOG", 1_000_000, minimum=1)
 INGEST_API_KEYS = frozenset(env_list("INGEST_API_KEYS", ""))
 INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+# A body that has not all arrived by then (trickled byte by byte) is refused with 408.
+INGEST_BODY_TIMEOUT_S = env_int("INGEST_BODY_TIMEOUT_S", 10, minimum=1)
+# How long a client `id` stays bound to its message's content: a reuse with other content
+# within it is refused (409); past it, only the row's uniqueness remains (the first content stays).
+INGEST_IDEMPOTENCY_WINDOW_S = env_int("INGEST_IDEMPOTENCY_WINDOW_S", 3600, minimum=1)
+
+
+def env_rate(name: str, default: str) -> str:
+    """A rate limit as `limits` writes it ("100/second", "6000 per minute"); empty: no limit."""
+    from limits import parse
+
+    value = env_str(name, default).strip()
+    if value.lower() in {"", "off", "none", "0"}:
+        return ""
+    try:
+        parse(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a rate such as 100/second, got {value!r}") from exc
+    return value
+
+
+# Requests per API key (per client address without keys) on POST /messages and /messages/batch,
+# counted across all web processes in Redis; off by default (README, Operations, says why).
+INGEST_RATE_LIMIT = env_rate("INGEST_RATE_LIMIT", "")
+# /simulate queues up to 10,000 messages a request: limited per client address whatever the keys.
+SIMULATE_RATE_LIMIT = env_rate("SIMULATE_RATE_LIMIT", "6/minute")
 INGEST_MAX_BATCH_ITEMS = env_int("INGEST_MAX_BATCH_ITEMS", 1000, minimum=1, maximum=10_000)
 INGEST_JOB_TIMEOUT = env_int("INGEST_JOB_TIMEOUT", 20, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BODY_BYTES
@@ -310,6 +338,29 @@ LOGGING = {
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# --- HTTPS in production: off for local runs over plain HTTP, each settable from the environment
+# (`manage.py check --deploy` is clean with them on: tests/test_settings.py).
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+
+
+def proxy_ssl_header_from_env() -> tuple[str, str] | None:
+    """`SECURE_PROXY_SSL_HEADER="X-Forwarded-Proto: https"`: the header (set by a proxy that
+    strips it from clients) and value that mark a request as having arrived over HTTPS."""
+    raw = env_str("SECURE_PROXY_SSL_HEADER", "")
+    if not raw:
+        return None
+    name, separator, value = raw.partition(":")
+    if not separator or not name.strip() or not value.strip():
+        raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER must be 'Header-Name: value', got {raw!r}")
+    return "HTTP_" + name.strip().upper().replace("-", "_"), value.strip()
+
+
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header_from_env()
 
 RQ = {"WORKER_CLASS": "messages_app.worker.IngestWorker"}
 

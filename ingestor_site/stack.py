@@ -30,6 +30,7 @@ from ingestor_site.processes import (
     MANAGE,
     PYTHON,
     STOP_GRACE_S,
+    WEB_CONNECTIONS_PER_PROCESS,
     live_wait,
     say,
     spawn,
@@ -40,14 +41,16 @@ from ingestor_site.processes import (
 
 # A worker that keeps dying is restarted at most this often, so a broken set-up does not spin.
 RESTART_BACKOFF_S = (1, 2, 5, 10)
+# A child that ran this long before dying was healthy: its next restart waits the first delay again.
+RESTART_HEALTHY_AFTER_S = 60.0
 
 
 def manage(env: dict[str, str], *args: str) -> None:
     subprocess.run([PYTHON, MANAGE, *args], check=True, env=env, cwd=BASE_DIR)  # noqa: S603
 
 
-def _web_command(host: str, port: int, processes: int, restarts: int) -> list[str]:
-    return web_command(host=host, port=port, processes=processes)
+def _web_command(host: str, port: int, processes: int, connections: int, restarts: int) -> list[str]:
+    return web_command(host=host, port=port, processes=processes, connections=connections)
 
 
 def _worker_command(number: int, restarts: int) -> list[str]:
@@ -63,16 +66,34 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     restart_at: float = 0.0  # when a dead one is due to start again; 0.0 while alive
+    started_at: float = 0.0
+    failures: int = 0  # deaths in a row, each after less than RESTART_HEALTHY_AFTER_S of life
+
+    def restart_delay(self, now: float) -> int:
+        """Seconds to wait before restarting it, having seen it dead at `now`."""
+        if now - self.started_at >= RESTART_HEALTHY_AFTER_S:
+            self.failures = 0
+        delay = RESTART_BACKOFF_S[min(self.failures, len(RESTART_BACKOFF_S) - 1)]
+        self.failures += 1
+        return delay
 
 
 class Supervisor:
     """Starts the web server and the workers, restarts any that dies, stops all in order."""
 
     def __init__(
-        self, env: dict[str, str], *, host: str, port: int, workers: int, web_processes: int
+        self,
+        env: dict[str, str],
+        *,
+        host: str,
+        port: int,
+        workers: int,
+        web_processes: int,
+        web_connections: int = WEB_CONNECTIONS_PER_PROCESS,
     ) -> None:
         self.env = env
-        self.web = Child("web server", functools.partial(_web_command, host, port, web_processes))
+        web = functools.partial(_web_command, host, port, web_processes, web_connections)
+        self.web = Child("web server", web)
         self.workers = [
             Child(f"worker {n}", functools.partial(_worker_command, n)) for n in range(1, workers + 1)
         ]
@@ -81,6 +102,7 @@ class Supervisor:
     def _start(self, child: Child) -> None:
         # Own process groups: a Ctrl-C reaches only us, and we stop the children in order.
         child.process = spawn(child.command(child.restarts), env=self.env)
+        child.started_at = time.monotonic()
 
     def start(self) -> None:
         for child in (self.web, *self.workers):
@@ -94,7 +116,7 @@ class Supervisor:
                     continue
                 now = time.monotonic()
                 if child.restart_at == 0.0:
-                    delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
+                    delay = child.restart_delay(now)
                     say(f"{child.label} exited with code {child.process.returncode}; restarting in {delay}s")
                     child.restart_at = now + delay
                 elif now >= child.restart_at:
@@ -122,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     port = int(os.environ.get("PORT", "8000"))
     workers = int(os.environ.get("WORKERS", "1"))
     web_processes = int(os.environ.get("WEB_PROCESSES", "2"))
+    web_connections = int(os.environ.get("WEB_MAX_CONNECTIONS", str(WEB_CONNECTIONS_PER_PROCESS)))
     shown_host = "localhost" if host in {"127.0.0.1", "0.0.0.0"} else host  # noqa: S104
     dashboard = f"http://{shown_host}:{port}/"
     if not port_free(host, port):
@@ -134,7 +157,10 @@ def run(args: argparse.Namespace) -> int:
             env = services.env
             manage(env, "migrate", "--noinput", "-v", "0")
             manage(env, "collectstatic", "--noinput", "-v", "0")
-            supervisor = Supervisor(env, host=host, port=port, workers=workers, web_processes=web_processes)
+            # Before any worker: counters a crash left short of the table start from it again.
+            manage(env, "metrics_reconcile", "-v", "0")
+            supervisor = Supervisor(env, host=host, port=port, workers=workers, web_processes=web_processes,
+                                    web_connections=web_connections)  # fmt: skip
 
             def on_signal(signum: int, frame: FrameType | None) -> None:
                 supervisor.stopping = True

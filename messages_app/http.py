@@ -30,7 +30,9 @@ def method_not_allowed(request: HttpRequest, allowed: str) -> JsonResponse:
 
 
 def require_methods(*methods: str) -> Callable[[AsyncView], AsyncView]:
-    """Django's require_http_methods for async JSON views: a JSON 405 with `Allow`, not HTML."""
+    """Django's require_http_methods for async JSON views: a JSON 405 with `Allow`, not HTML.
+    The view keeps its methods as `allowed_methods`, for answers given before it runs (the site's
+    CSRF failure view answers 405, not 403, to a method the view would refuse anyway)."""
     allowed = ", ".join(methods)
 
     def decorator(view: AsyncView) -> AsyncView:
@@ -40,6 +42,7 @@ def require_methods(*methods: str) -> Callable[[AsyncView], AsyncView]:
                 return method_not_allowed(request, allowed)
             return await view(request)
 
+        wrapper.__dict__["allowed_methods"] = methods
         return wrapper
 
     return decorator

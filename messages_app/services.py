@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import time
 import uuid
@@ -222,3 +224,48 @@ def messages_reset() -> None:
         )
     # queue_length stays: the jobs still queued are acknowledged messages and will land.
     metrics.metrics_reset(redis_connection())
+
+
+# --- Counters reconciled with the tables -----------------------------------------------------------
+
+
+def counters_reconcile() -> tuple[int, int]:
+    """Set the stored-message and dead-letter counters to the tables' exact counts; returns them.
+
+    Exact only while no worker writes (a batch committed during the counts is then counted twice
+    or not at all): `make run` and compose's migrate step run it before starting the workers.
+    """
+    messages, dead_letters = Message.objects.count(), DeadLetter.objects.count()
+    metrics.totals_set(redis_connection(), messages=messages, dead_letters=dead_letters)
+    return messages, dead_letters
+
+
+# --- Idempotency of client ids ------------------------------------------------------------------
+
+IDEMPOTENCY_KEY_PREFIX = "ingestor:idem:"
+
+
+def message_digest(*, user_id: int, channel_id: int, content: str) -> str:
+    """What a client id is bound to: the message's fields, hashed (the id aside)."""
+    fields = json.dumps([user_id, channel_id, content], ensure_ascii=False)
+    return hashlib.blake2b(fields.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def client_ids_claim(*, claims: Sequence[tuple[str, str]]) -> list[str | None]:
+    """Bind each client id to its message digest for INGEST_IDEMPOTENCY_WINDOW_S, in one round
+    trip; for each, the digest it was already bound to (None: first seen in the window).
+
+    A claim is kept even should the enqueue that follows fail: a retry with the same content is
+    then a replay (queued again, stored once), one with other content a conflict.
+    """
+    with redis_connection().pipeline(transaction=False) as pipe:
+        for client_id, digest in claims:
+            pipe.set(
+                IDEMPOTENCY_KEY_PREFIX + client_id,
+                digest,
+                nx=True,
+                get=True,
+                ex=settings.INGEST_IDEMPOTENCY_WINDOW_S,
+            )
+        previous = pipe.execute()
+    return [value.decode() if value is not None else None for value in previous]

@@ -56,9 +56,7 @@ def _storable_content(value: Any, errors: dict[str, str]) -> str:
 
 
 def _client_id(value: Any, errors: dict[str, str]) -> str | None:
-    if value is None:
-        return None
-    if type(value) is not str:
+    if type(value) is not str:  # null too: the schema says a string, absent when there is none
         errors["id"] = "must be a UUID string"
         return None
     try:
@@ -89,7 +87,7 @@ def message_validate(payload: Any) -> tuple[ValidMessage | None, dict[str, str]]
     user_id = _positive_bigint(payload["user_id"], errors, "user_id")
     channel_id = _positive_bigint(payload["channel_id"], errors, "channel_id")
     content = _storable_content(payload["content"], errors)
-    client_id = _client_id(payload.get("id"), errors)
+    client_id = _client_id(payload["id"], errors) if "id" in payload else None
     if errors:
         return None, errors
     return ValidMessage(user_id, channel_id, content, client_id), errors

@@ -23,33 +23,65 @@ from redis.exceptions import RedisError
 from messages_app import selectors
 from messages_app.batcher import Overloaded, batcher_for_loop
 from messages_app.http import RETRY_AFTER_S, json_error, method_not_allowed, require_safe
-from messages_app.services import BatchRow
+from messages_app.services import BatchRow, client_ids_claim, message_digest
 from messages_app.validation import ValidMessage, message_validate
+
+
+def api_key_valid(*, x_api_key: str | None, authorization: str | None) -> bool:
+    """`X-API-Key: <key>` or `Authorization: Bearer <key>`, the key exactly one configured."""
+    if x_api_key is not None:
+        key = x_api_key
+    elif authorization is not None:
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+    else:
+        return False
+    return key in settings.INGEST_API_KEYS
+
+
+def body_too_large() -> JsonResponse:
+    return json_error(413, f"body larger than {settings.INGEST_MAX_BODY_BYTES} bytes")
+
+
+def ingest_door(
+    *, content_type: str, content_length: str | None, x_api_key: str | None, authorization: str | None
+) -> JsonResponse | None:
+    """What a POST of messages must pass before a byte of its body is read: the API key (401),
+    the content type (415) and the declared length (400, 413). The API handler asks it from the
+    request's headers before reading the body; the views ask it again (any other handler)."""
+    if settings.INGEST_API_KEYS and not api_key_valid(x_api_key=x_api_key, authorization=authorization):
+        return json_error(401, "missing or unknown API key (X-API-Key header)")
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        return json_error(415, f"Content-Type must be application/json, got {media_type or 'none'!r}")
+    if content_length is not None:
+        if not (content_length.isascii() and content_length.isdigit()):
+            return json_error(400, f"invalid Content-Length {content_length!r}")
+        if int(content_length) > settings.INGEST_MAX_BODY_BYTES:
+            return body_too_large()
+    return None
 
 
 def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
     """Decode the request body as JSON, or say precisely why not (401/413/415/400)."""
     # request.META, not request.headers: the latter builds a mapping of every header per request.
     meta = request.META
-    if settings.INGEST_API_KEYS:
-        key = meta.get("HTTP_X_API_KEY") or meta.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
-        if key not in settings.INGEST_API_KEYS:
-            return None, json_error(401, "missing or unknown API key (X-API-Key header)")
-    content_type = request.content_type or ""
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        return None, json_error(415, f"Content-Type must be application/json, got {content_type or 'none'!r}")
-    limit = settings.INGEST_MAX_BODY_BYTES
-    too_large = f"body larger than {limit} bytes"
-    declared = meta.get("CONTENT_LENGTH") or ""
-    if declared.isdigit() and int(declared) > limit:
-        return None, json_error(413, too_large)
+    problem = ingest_door(
+        content_type=meta.get("CONTENT_TYPE", ""),
+        content_length=meta.get("CONTENT_LENGTH") or None,
+        x_api_key=meta.get("HTTP_X_API_KEY"),
+        authorization=meta.get("HTTP_AUTHORIZATION"),
+    )
+    if problem is not None:
+        return None, problem
     try:
         body = request.body
     except RequestDataTooBig:
-        return None, json_error(413, too_large)
+        return None, body_too_large()
     # Also without a Content-Length (chunked): Django's own check uses DATA_UPLOAD_MAX_MEMORY_SIZE.
-    if len(body) > limit:
-        return None, json_error(413, too_large)
+    if len(body) > settings.INGEST_MAX_BODY_BYTES:
+        return None, body_too_large()
     try:
         return json.loads(body), None
     except (ValueError, RecursionError) as exc:
@@ -79,6 +111,92 @@ def _counted(response: JsonResponse) -> JsonResponse:
     return response
 
 
+def _conflict_detail(client_id: str) -> str:
+    return f"id {client_id} was already used with different content"
+
+
+NEW, REPLAY, CONFLICT = "new", "replay", "conflict"
+
+
+async def _claimed(messages: list[ValidMessage]) -> list[str] | JsonResponse:
+    """For each message (all with client ids): NEW, REPLAY (its id came before with the same
+    content) or CONFLICT (with other content); or the 503 to answer. A message without a client
+    id needs no claim: its server id is fresh."""
+    claims = [(m.id or "", message_digest(user_id=m.user_id, channel_id=m.channel_id, content=m.content))
+              for m in messages]  # fmt: skip
+    try:
+        previous = await sync_to_async(client_ids_claim, thread_sensitive=False)(claims=claims)
+    except (RedisError, OSError) as exc:
+        # Nothing is queued yet: a retry with the same ids is safe (as after _submit's 503).
+        return json_error(
+            503,
+            f"queue unavailable: {type(exc).__name__}; if you retry, send these ids as `id`",
+            redis="disconnected",
+            message_ids=[client_id for client_id, _ in claims],
+        )
+    return [NEW if before is None else REPLAY if before == digest else CONFLICT
+            for before, (_, digest) in zip(previous, claims, strict=True)]  # fmt: skip
+
+
+Rejection = dict[str, Any]
+
+
+def _id_conflict(index: int, detail: str) -> Rejection:
+    return {"index": index, "status": 409, "errors": {"id": detail}}
+
+
+async def _batch_idempotency(
+    valid: list[tuple[int, ValidMessage]],
+) -> tuple[list[Rejection], list[dict[str, Any]], set[int]] | JsonResponse:
+    """The batch's client ids checked against earlier requests (one Redis round trip) and
+    against each other: (conflicts to reject, replays to report, indexes of items repeating an
+    earlier item of the batch, which need no row of their own); or the 503 to answer."""
+    first: dict[str, tuple[int, str]] = {}  # client id -> index and digest of its first item
+    firsts: list[ValidMessage] = []  # in the order of `first`
+    repeats: list[tuple[int, str, str]] = []  # index, id, digest of a later item with the id
+    for index, message in valid:
+        if message.id is None:
+            continue
+        digest = message_digest(
+            user_id=message.user_id, channel_id=message.channel_id, content=message.content
+        )
+        if message.id in first:
+            repeats.append((index, message.id, digest))
+        else:
+            first[message.id] = (index, digest)
+            firsts.append(message)
+    conflicts: list[Rejection] = []
+    replays: list[dict[str, Any]] = []
+    refused_ids: set[str] = set()
+    if first:
+        claimed = await _claimed(firsts)
+        if isinstance(claimed, JsonResponse):
+            return claimed
+        for (client_id, (index, _)), before in zip(first.items(), claimed, strict=True):
+            if before == CONFLICT:
+                conflicts.append(_id_conflict(index, _conflict_detail(client_id)))
+                refused_ids.add(client_id)
+            elif before == REPLAY:
+                replays.append({"index": index, "id": client_id})
+    duplicates: set[int] = set()
+    for index, client_id, digest in repeats:
+        first_index, first_digest = first[client_id]
+        if client_id in refused_ids:
+            conflicts.append(_id_conflict(index, _conflict_detail(client_id)))
+        elif digest != first_digest:
+            conflicts.append(
+                _id_conflict(
+                    index,
+                    f"id {client_id} is used by item {first_index} of this batch with different content",
+                )
+            )
+        else:
+            duplicates.add(index)
+            replays.append({"index": index, "id": client_id})
+    replays.sort(key=lambda replay: replay["index"])
+    return conflicts, replays, duplicates
+
+
 def _row(message: ValidMessage, received: float) -> BatchRow:
     return BatchRow(
         message.id or str(uuid6.uuid7()), message.user_id, message.channel_id, message.content, received
@@ -87,24 +205,37 @@ def _row(message: ValidMessage, received: float) -> BatchRow:
 
 @csrf_exempt
 async def messages(request: HttpRequest) -> HttpResponse:
-    """POST a message (201 once it is in Redis); GET the latest persisted messages."""
-    if request.method == "GET":
+    """POST a message (201 once it is in Redis); GET (or HEAD) the latest persisted messages."""
+    if request.method in {"GET", "HEAD"}:
         return await messages_list(request)
     if request.method != "POST":
-        return method_not_allowed(request, "GET, POST")
+        return method_not_allowed(request, "GET, HEAD, POST")
     payload, problem = _json_body(request)
     if problem is not None:
         return _counted(problem)
     message, errors = message_validate(payload)
     if message is None:
         return _counted(json_error(422, "invalid message", errors=errors))
+    replay: bool | None = None  # said only for a client id
+    if message.id is not None:
+        claimed = await _claimed([message])
+        if isinstance(claimed, JsonResponse):
+            return _counted(claimed)
+        if claimed[0] == CONFLICT:
+            return _counted(json_error(409, _conflict_detail(message.id), id=message.id))
+        # A replay is queued again: the row's uniqueness stores it once, and a first attempt
+        # whose enqueue failed (after its claim) still lands.
+        replay = claimed[0] == REPLAY
     received = time.time()
     row = _row(message, received)
     problem = await _submit([row])
     if problem is not None:
         return _counted(problem)
     queued_at = datetime.fromtimestamp(received, tz=UTC).isoformat()
-    return JsonResponse({"message_id": row.id, "status": "queued", "queued_at": queued_at}, status=201)
+    body: dict[str, Any] = {"message_id": row.id, "status": "queued", "queued_at": queued_at}
+    if replay is not None:
+        body["replay"] = replay
+    return JsonResponse(body, status=201)
 
 
 @csrf_exempt
@@ -124,21 +255,35 @@ async def messages_batch(request: HttpRequest) -> HttpResponse:
     if not items:
         return _counted(json_error(422, "'messages' must not be empty"))
     received = time.time()
-    rows: list[BatchRow] = []
+    valid: list[tuple[int, ValidMessage]] = []
     rejected: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         message, errors = message_validate(item)
         if message is None:
             rejected.append({"index": index, "errors": errors})
         else:
-            rows.append(_row(message, received))
-    body: dict[str, Any] = {
-        "accepted": len(rows),
-        "message_ids": [row.id for row in rows],
-        "rejected": rejected,
-    }
+            valid.append((index, message))
+    outcome = await _batch_idempotency(valid)
+    if isinstance(outcome, JsonResponse):
+        return _counted(outcome)
+    conflicts, replays, duplicate_indexes = outcome
+    rejected = sorted(rejected + conflicts, key=lambda rejection: rejection["index"])
+    conflicted = {conflict["index"] for conflict in conflicts}
+    accepted = [(index, message) for index, message in valid if index not in conflicted]
+    rows: list[BatchRow] = []
+    message_ids: list[str] = []
+    for index, message in accepted:
+        if index in duplicate_indexes and message.id is not None:
+            message_ids.append(message.id)  # its first item's row stores it
+            continue
+        rows.append(_row(message, received))
+        message_ids.append(rows[-1].id)
+    body: dict[str, Any] = {"accepted": len(accepted), "message_ids": message_ids, "rejected": rejected}
+    if replays:
+        body["replays"] = replays
     if not rows:
-        return _counted(JsonResponse({"detail": "no valid message in the batch", **body}, status=422))
+        status = 409 if conflicts and len(conflicts) == len(rejected) else 422
+        return _counted(JsonResponse({"detail": "no valid message in the batch", **body}, status=status))
     problem = await _submit(rows)
     if problem is not None:
         return _counted(problem)

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from messages_app.batcher import Overloaded
 from messages_app.http import json_error, require_methods, require_safe
+from messages_app.ratelimit import identity_of_address, rate_check, simulate_limit
 from messages_app.services import messages_reset
 from messages_app.simulate import SIMULATE_MAX, burst_simulate
 from metrics_app.broadcaster import dashboard_page_state
@@ -32,8 +33,12 @@ def _unavailable(exc: Exception) -> JsonResponse:
 
 
 async def _is_staff(request: HttpRequest) -> bool:
-    user = await request.auser()
-    return bool(user.is_active and user.is_staff)
+    """Whether the session is a staff user's; no one is while PostgreSQL (the users) is down."""
+    try:
+        user = await request.auser()
+        return bool(user.is_active and user.is_staff)
+    except DatabaseError:
+        return False
 
 
 @require_safe
@@ -55,9 +60,11 @@ async def prometheus_metrics(request: HttpRequest) -> HttpResponse:
     return HttpResponse(body, content_type=CONTENT_TYPE)
 
 
+@require_safe
 async def dashboard(request: HttpRequest) -> HttpResponse:
-    """The live dashboard; the numbers are in the HTML too, so it reads without JavaScript."""
-    user = await request.auser()
+    """The live dashboard; the numbers are in the HTML too, so it reads without JavaScript.
+    It reads Redis only: with PostgreSQL down it still shows, without the staff controls."""
+    is_staff = await _is_staff(request)
     try:
         state = await dashboard_page_state()
     except (RedisError, OSError) as exc:
@@ -66,7 +73,7 @@ async def dashboard(request: HttpRequest) -> HttpResponse:
         "cards": cards_build(state.stats),
         "batches": batches_rows(state.batches),
         "messages": messages_rows(state.messages),
-        "is_staff": user.is_staff,
+        "is_staff": is_staff,
         "simulate_max": SIMULATE_MAX,
     }
     return await sync_to_async(render)(request, "metrics_app/dashboard.html", context)
@@ -99,6 +106,11 @@ async def simulate(request: HttpRequest) -> HttpResponse:
     # Writes need a key when keys are configured: from the dashboard, a staff session stands in.
     if settings.INGEST_API_KEYS and not await _is_staff(request):
         return _answer(request, 403, "with INGEST_API_KEYS set, only staff may simulate bursts")
+    # Whatever the keys: without them anyone who can post a form (CSRF only asks for a cookie the
+    # client sets itself) may ask for a burst of 10,000 messages.
+    limited = await rate_check(simulate_limit(), identity_of_address(request.META.get("REMOTE_ADDR")))
+    if limited is not None:
+        return limited
     try:
         count = _requested_count(request)
     except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested past the parser's depth

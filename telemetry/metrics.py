@@ -221,3 +221,12 @@ def metrics_reset(redis: Any) -> None:
         for key in redis.scan_iter(match=f"{SECOND_KEY_PREFIX}*", count=1000):
             pipe.delete(key)
         pipe.execute()
+
+
+def totals_set(redis: Any, *, messages: int, dead_letters: int) -> None:
+    """Set the persisted-message and dead-letter counters to the tables' counts. A job killed
+    between its commit and its metrics leaves them short; this puts them right."""
+    with redis.pipeline() as pipe:
+        pipe.set(TOTAL_MESSAGES, messages)
+        pipe.set(TOTAL_DEAD_LETTERS, dead_letters)
+        pipe.execute()

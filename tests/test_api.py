@@ -82,6 +82,64 @@ async def test_post_message_with_a_client_id_uses_it_as_the_message_id(
     second = await api.post("/messages", json=_message(id=client_id))
     assert first.status_code == second.status_code == 201
     assert first.json()["message_id"] == second.json()["message_id"] == client_id
+    assert (first.json()["replay"], second.json()["replay"]) == (False, True)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_head_messages_answers_like_get(api: httpx.AsyncClient) -> None:
+    response = await api.head("/messages")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json"
+
+
+async def test_a_client_id_reused_with_different_content_answers_409_naming_it(
+    api: httpx.AsyncClient, redis_client: redis_lib.Redis
+) -> None:
+    client_id = str(uuid.uuid4())
+    assert (await api.post("/messages", json=_message(id=client_id))).status_code == 201
+    for changed in (_message(id=client_id, content="other"), _message(id=client_id, channel_id=3)):
+        response = await api.post("/messages", json=changed)
+        assert response.status_code == 409, response.text
+        assert client_id in response.json()["detail"] and response.json()["id"] == client_id
+    assert [row[3] for row in _queued_rows()] == ["hello"]  # the refused content was never queued
+
+
+async def test_a_batch_says_which_items_repeat_an_id_and_refuses_those_that_change_it(
+    api: httpx.AsyncClient, redis_client: redis_lib.Redis
+) -> None:
+    earlier, twice, changed = (str(uuid.uuid4()) for _ in range(3))
+    assert (await api.post("/messages", json=_message(id=earlier))).status_code == 201
+    items = [
+        _message(id=twice),
+        _message(id=twice),  # the same again: a replay, one row
+        _message(id=changed),
+        _message(id=changed, content="not the same"),  # refused
+        _message(id=earlier),  # a replay of the earlier request
+        _message(id=earlier, content="changed"),  # refused, as against the earlier request
+    ]
+    response = await api.post("/messages/batch", json={"messages": items})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["accepted"] == 4
+    assert body["message_ids"] == [twice, twice, changed, earlier]
+    assert body["replays"] == [{"index": 1, "id": twice}, {"index": 4, "id": earlier}]
+    assert [(rejection["index"], rejection["status"]) for rejection in body["rejected"]] == [
+        (3, 409),
+        (5, 409),
+    ]
+    assert all("different content" in rejection["errors"]["id"] for rejection in body["rejected"])
+    queued = [(row[0], row[3]) for row in _queued_rows()]
+    assert queued == [(earlier, "hello"), (twice, "hello"), (changed, "hello"), (earlier, "hello")]
+
+
+async def test_a_batch_whose_every_item_reuses_an_id_with_other_content_answers_409(
+    api: httpx.AsyncClient, redis_client: redis_lib.Redis
+) -> None:
+    client_id = str(uuid.uuid4())
+    assert (await api.post("/messages", json=_message(id=client_id))).status_code == 201
+    response = await api.post("/messages/batch", json={"messages": [_message(id=client_id, content="x")]})
+    assert response.status_code == 409, response.text
+    assert response.json()["accepted"] == 0
 
 
 @pytest.mark.parametrize(
@@ -144,9 +202,9 @@ async def test_answers_413_to_a_chunked_body_over_the_limit(api: httpx.AsyncClie
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("PUT", "/messages", "GET, POST"),
-        ("DELETE", "/messages", "GET, POST"),
-        ("PATCH", "/messages", "GET, POST"),
+        ("PUT", "/messages", "GET, HEAD, POST"),
+        ("DELETE", "/messages", "GET, HEAD, POST"),
+        ("PATCH", "/messages", "GET, HEAD, POST"),
         ("GET", "/messages/batch", "POST"),
         ("PUT", "/messages/batch", "POST"),
         ("POST", "/health", "GET, HEAD"),
@@ -367,7 +425,17 @@ async def test_queue_status_reports_backlog_jobs_workers_and_last_batch(
 @override_settings(INGEST_API_KEYS=frozenset({"key-one", "key-two"}))
 @pytest.mark.parametrize("path", ["/messages", "/messages/batch"])
 @pytest.mark.parametrize(
-    "headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": ""}, {"Authorization": "Bearer no"}]
+    "headers",
+    [
+        {},
+        {"X-API-Key": "wrong"},
+        {"X-API-Key": ""},
+        {"Authorization": "Bearer no"},
+        {"Authorization": "key-one"},  # no scheme
+        {"Authorization": "Basic key-one"},
+        {"X-API-Key": "key-one\t"},
+        {"Authorization": "Bearer  key-one"},
+    ],
 )
 async def test_posts_without_a_known_api_key_answer_401(
     api: httpx.AsyncClient, path: str, headers: dict[str, str]

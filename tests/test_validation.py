@@ -187,13 +187,13 @@ def test_a_retention_shorter_than_a_day_shortens_the_client_id_window() -> None:
     assert "within the last 6 hours" in errors["id"]
 
 
-def test_treats_a_null_client_id_as_absent() -> None:
-    message, _ = message_validate(_with(id=None))
+def test_an_absent_client_id_leaves_the_id_to_the_server() -> None:
+    message, _ = message_validate({key: value for key, value in GOOD.items() if key != "id"})
     assert message is not None
     assert message.id is None
 
 
-@pytest.mark.parametrize("client_id", ["not-a-uuid", "", "1234", 12345, True, ["x"], "g" * 32])
+@pytest.mark.parametrize("client_id", ["not-a-uuid", "", "1234", 12345, True, ["x"], "g" * 32, None])
 def test_rejects_a_client_id_that_is_not_a_uuid(client_id: Any) -> None:
     assert _errors_of(_with(id=client_id)) == {"id": "must be a UUID string"}
 

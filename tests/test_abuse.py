@@ -1,0 +1,458 @@
+"""The doors in front of the pipeline hold against an attacker and a fault: each test runs a real
+granian server (the command `make run` runs) on loopback, with bounded floods."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import psycopg
+import pytest
+import redis as redis_lib
+from django.conf import settings
+
+from ingestor_site.embedded import EmbeddedPostgres
+from ingestor_site.processes import MANAGE, WEB_HEADER_TIMEOUT_MS
+from tests.conftest import subprocess_database_url
+from tests.livestack import LiveStack, wait_until
+from tests.test_guarantees import assert_exactly_once, message, migrate, wait_all_stored
+
+pytestmark = [pytest.mark.integration]
+
+StackFactory = Callable[..., LiveStack]
+IDLE_FLOOD = 1_200  # past what took the server away before (about 1,000)
+# The server closes a silent socket after its header read timeout: allow that several times over.
+CLOSED_WITHIN_S = WEB_HEADER_TIMEOUT_MS / 1000 * 4
+
+
+@pytest.fixture(autouse=True)
+def enough_file_descriptors() -> None:
+    """Floods open more sockets than a default soft limit of 1,024 allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 8_192)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+@pytest.fixture
+def shared_stack(
+    transactional_db: None, redis_client: redis_lib.Redis, output_dir: Path
+) -> Iterator[StackFactory]:
+    """Build stacks on the test database and Redis (both emptied around the test), stopped after it."""
+    stacks: list[LiveStack] = []
+
+    def make(**env: str) -> LiveStack:
+        stack = LiveStack(
+            database_url=subprocess_database_url(), redis_url=settings.REDIS_URL, log_dir=output_dir, **env
+        )
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in reversed(stacks):
+        stack.stop()
+
+
+@contextlib.contextmanager
+def idle_sockets(port: int, count: int, first_bytes: bytes = b"") -> Iterator[list[socket.socket]]:
+    """`count` connections that send `first_bytes` (or nothing) and then hold still."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if first_bytes:
+                sock.sendall(first_bytes)
+            sockets.append(sock)
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has closed the socket (end of stream or reset)."""
+    # poll, not select: select() cannot watch descriptors numbered past 1,023.
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(0):
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def all_closed(sockets: list[socket.socket]) -> bool:
+    return all(closed_by_server(sock) for sock in sockets)
+
+
+def answers(stack: LiveStack) -> None:
+    """A fresh client gets its answers: liveness and an accepted message."""
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        assert client.get("/health/live").status_code == 200
+        response = client.post("/messages", json=message(1))
+        assert response.status_code == 201, response.text
+
+
+# --- 1. connections: idle, slow, past the limit --------------------------------------------------
+
+
+def test_a_flood_of_idle_connections_leaves_the_service_to_others_and_is_closed(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack()
+    stack.web_start(processes=2)
+    stack.worker_start()
+    with idle_sockets(stack.port, IDLE_FLOOD) as sockets:
+        answers(stack)
+        wait_until(lambda: all_closed(sockets), timeout_s=CLOSED_WITHIN_S, what="the idle sockets closed")
+        answers(stack)
+
+
+def test_partial_headers_and_idle_keep_alive_connections_are_closed(shared_stack: StackFactory) -> None:
+    stack = shared_stack()
+    stack.web_start()
+    with idle_sockets(stack.port, 50, first_bytes=b"GET /health/live HTTP/1.1\r\nHo") as partial:
+        keep_alive = []
+        for _ in range(50):
+            sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            keep_alive.append(sock)
+        try:
+            wait_until(lambda: all_closed(partial), timeout_s=CLOSED_WITHIN_S, what="partial headers closed")
+            wait_until(lambda: all_closed(keep_alive), timeout_s=CLOSED_WITHIN_S, what="keep-alives closed")
+        finally:
+            for sock in keep_alive:
+                sock.close()
+
+
+def test_past_the_connection_limit_new_clients_wait_for_idle_ones_to_be_closed(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack()
+    stack.web_start(connections=32)
+    stack.worker_start()
+    with idle_sockets(stack.port, 100) as sockets:
+        # Queued in the kernel until the server closes a silent socket; then served.
+        with httpx.Client(base_url=stack.url, timeout=CLOSED_WITHIN_S) as client:
+            assert client.get("/health/live").status_code == 200
+        wait_until(lambda: all_closed(sockets), timeout_s=CLOSED_WITHIN_S * 3, what="the idle sockets closed")
+
+
+# --- 2. bodies: refused before they are read ------------------------------------------------------
+
+
+def head(method: str, path: str, *headers: str) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: localhost", *headers, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def status_of(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1.1 "), answer[:100]
+    return int(answer.split(b" ", 2)[1])
+
+
+def answer_to_head_alone(port: int, request_head: bytes) -> bytes:
+    """Send a request head that announces a body, send none of it, and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request_head)
+        return sock.recv(65536)
+
+
+def test_method_key_type_and_declared_length_are_refused_before_any_body_is_sent(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack(INGEST_API_KEYS="k1")
+    stack.web_start()
+    four_gb = f"Content-Length: {4 * 2**30}"
+    json_type = "Content-Type: application/json"
+    cases = {
+        405: head("PUT", "/messages", four_gb, json_type, "X-API-Key: k1"),
+        401: head("POST", "/messages", "Content-Length: 300000000", json_type),
+        415: head("POST", "/messages/batch", four_gb, "Content-Type: text/plain", "X-API-Key: k1"),
+        413: head("POST", "/messages", four_gb, json_type, "Authorization: Bearer k1"),
+    }
+    for expected, request_head in cases.items():
+        answer = answer_to_head_alone(stack.port, request_head)
+        assert status_of(answer) == expected, answer
+        assert b'"detail"' in answer  # JSON, as every API error
+    # The same refusals by path: a write to a read-only report is 405 without its body.
+    answer = answer_to_head_alone(stack.port, head("PUT", "/stats", four_gb))
+    assert status_of(answer) == 405, answer
+
+
+def test_a_body_without_a_length_is_read_up_to_the_limit_and_no_further(shared_stack: StackFactory) -> None:
+    stack = shared_stack(INGEST_MAX_BODY_BYTES="65536")
+    stack.web_start()
+    chunk = b"x" * 65536
+    framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    whole = 64 * 2**20  # what the client would send: 1,000 times the limit
+    sent = 0
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+        sock.sendall(
+            head("POST", "/messages", "Content-Type: application/json", "Transfer-Encoding: chunked")
+        )
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        with contextlib.suppress(OSError):  # the server may close while we still send
+            while sent < whole and not poller.poll(0):
+                sock.sendall(framed)
+                sent += len(chunk)
+        answer = sock.recv(65536)
+    assert status_of(answer) == 413, answer
+    assert sent < whole, "the server read the whole body before answering"
+
+
+def test_a_body_trickled_slower_than_the_body_timeout_is_refused_with_408(shared_stack: StackFactory) -> None:
+    stack = shared_stack(INGEST_BODY_TIMEOUT_S="1")
+    stack.web_start()
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=15) as sock:
+        sock.sendall(
+            head("POST", "/messages", "Content-Type: application/json", "Content-Length: 100") + b"{"
+        )
+        answer = sock.recv(65536)
+    assert status_of(answer) == 408, answer
+
+
+# --- 4. a reused id --------------------------------------------------------------------------------
+
+
+def test_a_reused_id_is_a_replay_with_the_same_content_and_refused_with_other_content(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack()
+    stack.web_start(processes=2)
+    stack.worker_start()
+    client_id, in_batch = str(uuid.uuid4()), str(uuid.uuid4())
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        first = client.post("/messages", json={**message(1), "id": client_id})
+        again = client.post("/messages", json={**message(1), "id": client_id})
+        changed = client.post("/messages", json={**message(1), "content": "rewritten", "id": client_id})
+        batch = client.post("/messages/batch", json={"messages": [{**message(2), "id": in_batch}] * 2})
+    assert (first.status_code, again.status_code, changed.status_code) == (201, 201, 409)
+    assert (first.json()["replay"], again.json()["replay"]) == (False, True)
+    assert client_id in changed.json()["detail"]
+    assert batch.status_code == 201 and batch.json()["replays"] == [{"index": 1, "id": in_batch}]
+    database_url = subprocess_database_url()
+    wait_all_stored(database_url, [client_id, in_batch], timeout_s=30)
+    assert_exactly_once(database_url, [client_id, in_batch])
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT content FROM messages WHERE id = %s", (client_id,)).fetchone()
+    assert row == (message(1)["content"],)
+
+
+# --- 5. rate limits --------------------------------------------------------------------------------
+
+
+def assert_limited(response: httpx.Response, limit: int) -> None:
+    assert response.status_code == 429, response.text
+    assert int(response.headers["Retry-After"]) >= 1
+    assert response.headers["RateLimit-Limit"] == str(limit)
+    assert response.headers["RateLimit-Remaining"] == "0"
+    assert int(response.headers["RateLimit-Reset"]) >= 1
+    assert "rate limit" in response.json()["detail"]
+
+
+def test_posts_over_the_rate_limit_answer_429_counted_across_web_processes(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack(INGEST_RATE_LIMIT="6/minute")
+    stack.web_start(processes=2)
+    # Fresh connections, so both processes take some of them.
+    answers = [httpx.post(f"{stack.url}/messages", json=message(n), timeout=10) for n in range(9)]
+    assert [response.status_code for response in answers] == [201] * 6 + [429] * 3
+    assert_limited(answers[-1], 6)
+
+
+def test_with_api_keys_each_key_has_its_own_rate_limit(shared_stack: StackFactory) -> None:
+    stack = shared_stack(INGEST_RATE_LIMIT="3/minute", INGEST_API_KEYS="k1,k2")
+    stack.web_start()
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        first = [client.post("/messages", json=message(n), headers={"X-API-Key": "k1"}) for n in range(4)]
+        other = client.post("/messages", json=message(9), headers={"Authorization": "Bearer k2"})
+        no_key = client.post("/messages", json=message(9))
+    assert [response.status_code for response in first] == [201, 201, 201, 429]
+    assert other.status_code == 201
+    assert no_key.status_code == 401  # refused for its key before it counts against anyone
+
+
+def test_an_anonymous_client_with_its_own_csrf_cookie_is_rate_limited_on_simulate(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack(SIMULATE_RATE_LIMIT="2/minute")
+    stack.web_start()
+    token = "a" * 32
+    with httpx.Client(base_url=stack.url, timeout=10, cookies={"csrftoken": token}) as client:
+        answers = [
+            client.post("/simulate", json={"count": 1}, headers={"X-CSRFToken": token, "Referer": stack.url})
+            for _ in range(3)
+        ]
+    assert [response.status_code for response in answers] == [202, 202, 429], [r.text for r in answers]
+    assert_limited(answers[-1], 2)
+
+
+# --- 3. a web process dies ------------------------------------------------------------------------
+
+
+def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack()
+    stack.web_start(processes=2)
+    stack.worker_start()
+    assert stack.web is not None
+    master = psutil.Process(stack.web.pid)
+    before = wait_until(
+        lambda: len(master.children()) == 2 and master.children(), timeout_s=10, what="2 workers"
+    )
+    acknowledged: list[str] = []
+    failures: list[str] = []  # ids of the requests that got no answer: stored or not, both are right
+    stop = threading.Event()
+
+    def load(thread: int) -> None:
+        with httpx.Client(base_url=stack.url, timeout=10) as client:
+            index = 0
+            while not stop.is_set():
+                index += 1
+                client_id = str(uuid.uuid4())
+                try:
+                    response = client.post("/messages", json={**message(index), "id": client_id})
+                except httpx.TransportError:
+                    failures.append(client_id)  # in flight on the killed process
+                    continue
+                assert response.status_code == 201, response.text
+                acknowledged.append(response.json()["message_id"])
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: len(acknowledged) > 100, timeout_s=30, what="load running")
+        os.kill(before[0].pid, signal.SIGKILL)
+        replaced = wait_until(
+            lambda: {child.pid for child in master.children()} - {child.pid for child in before},
+            timeout_s=10,
+            what="a new web process",
+        )
+        served = len(acknowledged)
+        wait_until(lambda: len(acknowledged) > served + 200, timeout_s=30, what="load going on")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert stack.web.poll() is None, "the granian master exited"
+    assert len(master.children()) == 2 and replaced
+    # Only requests caught on the killed process fail (one per client connection at most).
+    assert len(failures) <= len(threads), failures
+    wait_all_stored(subprocess_database_url(), acknowledged, timeout_s=60)
+    assert_exactly_once(subprocess_database_url(), acknowledged, unknown=frozenset(failures))
+
+
+# --- 6. production settings -----------------------------------------------------------------------
+
+
+def test_a_deployment_without_a_secret_key_does_not_start_and_says_why(shared_stack: StackFactory) -> None:
+    stack = shared_stack(INGESTOR_LOCAL="false", SECRET_KEY="")
+    with pytest.raises(RuntimeError, match="exited"):
+        stack.web_start()
+    assert "SECRET_KEY is not set" in stack.log("web")
+
+
+# --- 7. the smaller doors -------------------------------------------------------------------------
+
+
+def test_methods_keys_and_schemas_are_answered_as_documented(shared_stack: StackFactory) -> None:
+    stack = shared_stack(INGEST_API_KEYS="k1")
+    stack.web_start()
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        assert client.request("TRACE", "/").status_code == 405
+        assert client.head("/messages").status_code == 200
+        for method in ("PUT", "PATCH", "DELETE", "TRACE"):
+            for path in ("/stats", "/metrics"):
+                assert client.request(method, path).status_code == 405, (method, path)
+        for method, path in (("PUT", "/simulate"), ("GET", "/reset"), ("PATCH", "/reset")):
+            refused = client.request(method, path)
+            assert refused.status_code == 405, (method, path)
+            assert "detail" in refused.json()
+        refused = client.post("/simulate", json={"count": 1})  # no CSRF token
+        assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
+        for authorization in ("k1", "Basic k1", "Bearer k2"):
+            response = client.post("/messages", json=message(1), headers={"Authorization": authorization})
+            assert response.status_code == 401, authorization
+        keyed = {"X-API-Key": "k1"}
+        assert client.post("/messages", json={**message(1), "id": None}, headers=keyed).status_code == 422
+        assert client.post("/messages/batch", json={"messages": []}, headers=keyed).status_code == 422
+        assert (
+            client.post("/messages", json=message(1), headers={"Authorization": "bearer k1"}).status_code
+            == 201
+        )
+
+
+@pytest.fixture
+def postgres_to_stop(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of the test's own, migrated, that the test may stop."""
+    postgres = EmbeddedPostgres(tmp_path / "postgres", database="ingestor")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
+        postgres.start()
+    try:
+        migrate(postgres.url)
+        yield postgres
+    finally:
+        postgres.stop()
+
+
+def test_the_dashboard_of_a_staff_session_still_shows_while_postgres_is_down(
+    postgres_to_stop: EmbeddedPostgres, redis_client: redis_lib.Redis, output_dir: Path
+) -> None:
+    env = {**os.environ, "DATABASE_URL": postgres_to_stop.url, "REDIS_URL": settings.REDIS_URL}
+    subprocess.run(
+        [
+            sys.executable,
+            MANAGE,
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            "staff",
+            "--email",
+            "s@example.com",
+        ],
+        env={**env, "DJANGO_SUPERUSER_PASSWORD": "a-password-for-the-test"},
+        check=True,
+        capture_output=True,
+    )
+    stack = LiveStack(database_url=postgres_to_stop.url, redis_url=settings.REDIS_URL, log_dir=output_dir)
+    try:
+        stack.web_start()
+        with httpx.Client(base_url=stack.url, timeout=10) as client:
+            client.get("/admin/login/")
+            logged_in = client.post(
+                "/admin/login/?next=/",
+                data={
+                    "username": "staff",
+                    "password": "a-password-for-the-test",
+                    "csrfmiddlewaretoken": client.cookies["csrftoken"],
+                },  # fmt: skip
+            )
+            assert logged_in.status_code == 302, logged_in.text
+            assert 'hx-delete="/reset"' in client.get("/").text  # the staff controls
+            postgres_to_stop.stop()
+            page = client.get("/")
+            assert page.status_code == 200, page.text[:500]
+            assert 'hx-delete="/reset"' not in page.text
+    finally:
+        stack.stop()
