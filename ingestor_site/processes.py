@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from ingestor_site.watchdog import STAGE_PROCESSES, watchdog
+from ingestor_site.watchdog import STAGE_PROCESSES, group_alive, watchdog
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -84,16 +84,6 @@ def spawn(
     return process
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def group_kill(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL the process and its group, as in a crash."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -125,7 +115,7 @@ def stop(
             process.wait(timeout=max(deadline - time.monotonic(), 0.0))
         except subprocess.TimeoutExpired:
             announce(f"{label} (pid {process.pid}) did not stop within {grace_s:.0f}s of SIGTERM; killing it")
-        if _group_alive(process.pid):
+        if group_alive(process.pid):
             if process.returncode is not None:
                 announce(f"{label} (pid {process.pid}) left processes of its group running; killing them")
             with contextlib.suppress(ProcessLookupError, PermissionError):

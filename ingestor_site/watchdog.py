@@ -80,7 +80,8 @@ class Watchdog:
 watchdog = Watchdog()
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` still exists (one we may not signal counts)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -99,10 +100,10 @@ def _stop_groups(groups: dict[int, tuple[int, int]]) -> list[str]:
             with contextlib.suppress(OSError):
                 os.kill(pgid, signum)
         deadline = time.monotonic() + GRACE_S
-        while time.monotonic() < deadline and any(_group_alive(pgid) for pgid in members):
+        while time.monotonic() < deadline and any(group_alive(pgid) for pgid in members):
             time.sleep(0.05)
         for pgid in members:
-            if _group_alive(pgid):
+            if group_alive(pgid):
                 with contextlib.suppress(OSError):
                     os.killpg(pgid, signal.SIGKILL)
                 killed.append(str(pgid))
@@ -120,7 +121,7 @@ def main() -> int:
                 groups[int(pgid)] = (int(stage), int(signum))
             case ["release", pgid]:
                 groups.pop(int(pgid), None)
-    live = {pgid: entry for pgid, entry in groups.items() if _group_alive(pgid)}
+    live = {pgid: entry for pgid, entry in groups.items() if group_alive(pgid)}
     if live:
         print(
             f"[ingestor] watchdog: the supervisor is gone; stopping {len(live)} process group(s) it left",

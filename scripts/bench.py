@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +40,7 @@ import psutil  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
-from ingestor_site.embedded import EmbeddedPostgres, EmbeddedRedis  # noqa: E402
+from ingestor_site.embedded import fresh_services  # noqa: E402
 from ingestor_site.processes import WebAndWorkers  # noqa: E402
 
 DATA_DIR = BASE_DIR / ".data" / "bench"
@@ -168,17 +168,8 @@ class Stack(WebAndWorkers):
         time.sleep(1.5)  # rq registers and starts listening
 
 
-@contextlib.contextmanager
-def services() -> Iterator[tuple[str, str]]:
-    shutil.rmtree(DATA_DIR, ignore_errors=True)
-    DATA_DIR.mkdir(parents=True)
-    postgres = EmbeddedPostgres(DATA_DIR / "postgres", database="bench").start()
-    redis_server = EmbeddedRedis(DATA_DIR / "redis").start()
-    try:
-        yield postgres.url, redis_server.url
-    finally:
-        redis_server.stop()
-        postgres.stop()
+def services() -> contextlib.AbstractContextManager[tuple[str, str]]:
+    return fresh_services(DATA_DIR)
 
 
 def drain_wait(url: str, timeout_s: float = 600) -> None:

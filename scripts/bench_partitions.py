@@ -18,13 +18,11 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ sys.path.insert(0, str(BASE_DIR / "scripts"))
 
 import psycopg  # noqa: E402
 
-from ingestor_site.embedded import EmbeddedPostgres, EmbeddedRedis  # noqa: E402
+from ingestor_site.embedded import fresh_services  # noqa: E402
 
 DATA_DIR = BASE_DIR / ".data" / "bench-partitions"
 LOAD_TEST = str(BASE_DIR / "scripts" / "load_test.py")
@@ -50,17 +48,8 @@ def say(text: str) -> None:
     print(f"[bench-partitions] {text}", file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
-def services() -> Iterator[tuple[str, str]]:
-    shutil.rmtree(DATA_DIR, ignore_errors=True)
-    DATA_DIR.mkdir(parents=True)
-    postgres = EmbeddedPostgres(DATA_DIR / "postgres", database="bench").start()
-    redis_server = EmbeddedRedis(DATA_DIR / "redis").start()
-    try:
-        yield postgres.url, redis_server.url
-    finally:
-        redis_server.stop()
-        postgres.stop()
+def services() -> contextlib.AbstractContextManager[tuple[str, str]]:
+    return fresh_services(DATA_DIR)
 
 
 def django_setup(database_url: str, redis_url: str) -> None:
