@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import psutil
 import psycopg
 import pytest
 import redis as redis_lib
+import uuid6
 from django.conf import settings
 
 from ingestor_site.embedded import EmbeddedPostgres
@@ -237,7 +237,7 @@ def test_a_reused_id_is_a_replay_with_the_same_content_and_refused_with_other_co
     stack = shared_stack()
     stack.web_start(processes=2)
     stack.worker_start()
-    client_id, in_batch = str(uuid.uuid4()), str(uuid.uuid4())
+    client_id, in_batch = str(uuid6.uuid7()), str(uuid6.uuid7())
     with httpx.Client(base_url=stack.url, timeout=10) as client:
         first = client.post("/messages", json={**message(1), "id": client_id})
         again = client.post("/messages", json={**message(1), "id": client_id})
@@ -328,7 +328,7 @@ def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
             index = 0
             while not stop.is_set():
                 index += 1
-                client_id = str(uuid.uuid4())
+                client_id = str(uuid6.uuid7())
                 try:
                     response = client.post("/messages", json={**message(index), "id": client_id})
                 except httpx.TransportError:

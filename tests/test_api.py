@@ -95,7 +95,7 @@ async def test_head_messages_answers_like_get(api: httpx.AsyncClient) -> None:
 async def test_a_client_id_reused_with_different_content_answers_409_naming_it(
     api: httpx.AsyncClient, redis_client: redis_lib.Redis
 ) -> None:
-    client_id = str(uuid.uuid4())
+    client_id = str(uuid6.uuid7())
     assert (await api.post("/messages", json=_message(id=client_id))).status_code == 201
     for changed in (_message(id=client_id, content="other"), _message(id=client_id, channel_id=3)):
         response = await api.post("/messages", json=changed)
@@ -107,7 +107,7 @@ async def test_a_client_id_reused_with_different_content_answers_409_naming_it(
 async def test_a_batch_says_which_items_repeat_an_id_and_refuses_those_that_change_it(
     api: httpx.AsyncClient, redis_client: redis_lib.Redis
 ) -> None:
-    earlier, twice, changed = (str(uuid.uuid4()) for _ in range(3))
+    earlier, twice, changed = (str(uuid6.uuid7()) for _ in range(3))
     assert (await api.post("/messages", json=_message(id=earlier))).status_code == 201
     items = [
         _message(id=twice),
@@ -135,7 +135,7 @@ async def test_a_batch_says_which_items_repeat_an_id_and_refuses_those_that_chan
 async def test_a_batch_whose_every_item_reuses_an_id_with_other_content_answers_409(
     api: httpx.AsyncClient, redis_client: redis_lib.Redis
 ) -> None:
-    client_id = str(uuid.uuid4())
+    client_id = str(uuid6.uuid7())
     assert (await api.post("/messages", json=_message(id=client_id))).status_code == 201
     response = await api.post("/messages/batch", json={"messages": [_message(id=client_id, content="x")]})
     assert response.status_code == 409, response.text
