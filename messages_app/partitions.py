@@ -476,16 +476,21 @@ def messages_table_convert(schema_editor: Any, model: Any, *, now: datetime | No
     for start, end in partitions_plan(now=now, existing=partitions_list()).create:
         partition_create(start, end)
     with connection.cursor() as cursor:
-        cursor.execute(f"INSERT INTO {_quote(TABLE)} SELECT * FROM {_quote(LEGACY_TABLE)}")  # noqa: S608
-        rows = cursor.rowcount
-        cursor.execute(
-            f"ALTER TABLE {_quote(TABLE)} ADD CONSTRAINT {_quote(TABLE + '_pkey')} PRIMARY KEY (id)"
-        )
-        for index in model._meta.indexes:
-            schema_editor.add_index(model, index)
+        rows = _rows_move_and_index(cursor, schema_editor, model, source=LEGACY_TABLE)
         cursor.execute(f"DROP TABLE {_quote(LEGACY_TABLE)}")
         cursor.execute(f"ANALYZE {_quote(TABLE)}")
     return int(rows)
+
+
+def _rows_move_and_index(cursor: Any, schema_editor: Any, model: Any, *, source: str) -> int:
+    """Copy every row of `source` into the new `messages`, then add its key and the model's indexes
+    (after the copy: building them once is faster than maintaining them row by row)."""
+    cursor.execute(f"INSERT INTO {_quote(TABLE)} SELECT * FROM {_quote(source)}")  # noqa: S608
+    rows = int(cursor.rowcount)
+    cursor.execute(f"ALTER TABLE {_quote(TABLE)} ADD CONSTRAINT {_quote(TABLE + '_pkey')} PRIMARY KEY (id)")
+    for index in model._meta.indexes:
+        schema_editor.add_index(model, index)
+    return rows
 
 
 def messages_table_unconvert(schema_editor: Any, model: Any) -> int:
@@ -496,13 +501,7 @@ def messages_table_unconvert(schema_editor: Any, model: Any) -> int:
         cursor.execute(f"ALTER TABLE {_quote(TABLE)} RENAME TO {_quote(staging)}")
         _indexes_free(cursor, staging, "_partitioned")
         cursor.execute(f"CREATE TABLE {_quote(TABLE)} (LIKE {_quote(staging)} INCLUDING DEFAULTS)")
-        cursor.execute(f"INSERT INTO {_quote(TABLE)} SELECT * FROM {_quote(staging)}")  # noqa: S608
-        rows = cursor.rowcount
-        cursor.execute(
-            f"ALTER TABLE {_quote(TABLE)} ADD CONSTRAINT {_quote(TABLE + '_pkey')} PRIMARY KEY (id)"
-        )
-        for index in model._meta.indexes:
-            schema_editor.add_index(model, index)
+        rows = _rows_move_and_index(cursor, schema_editor, model, source=staging)
         cursor.execute(f"DROP TABLE {_quote(staging)} CASCADE")
     return int(rows)
 

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -11,7 +15,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
 
-from tests.livestack import LiveStack
+from ingestor_site.embedded import EmbeddedPostgres
+from tests.livestack import BASE_DIR, MANAGE, LiveStack
 
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
 
@@ -66,3 +71,28 @@ def collected_static() -> None:
     the web server serves the collected files, as in production (without a manifest, pages link
     plain names that WhiteNoise serves from the app folders: tests/test_manage_commands.py)."""
     call_command("collectstatic", "--noinput", verbosity=0)
+
+
+def migrate(database_url: str) -> None:
+    """`manage.py migrate` against `database_url`, as a deployment runs it."""
+    subprocess.run(
+        [sys.executable, MANAGE, "migrate", "--no-input", "-v", "0"],
+        env={**os.environ, "DATABASE_URL": database_url},
+        cwd=BASE_DIR,
+        check=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of the test's own, migrated, that the test may stop."""
+    postgres = EmbeddedPostgres(tmp_path / "postgres", database="ingestor")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
+        postgres.start()
+    try:
+        migrate(postgres.url)
+        yield postgres
+    finally:
+        postgres.stop()

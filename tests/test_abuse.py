@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from ingestor_site.embedded import EmbeddedPostgres
 from ingestor_site.processes import MANAGE, WEB_HEADER_TIMEOUT_MS
 from tests.conftest import subprocess_database_url
 from tests.livestack import LiveStack, wait_until
-from tests.test_guarantees import assert_exactly_once, message, migrate, wait_all_stored
+from tests.test_guarantees import assert_exactly_once, message, wait_all_stored
 
 pytestmark = [pytest.mark.integration]
 
@@ -402,24 +401,10 @@ def test_methods_keys_and_schemas_are_answered_as_documented(shared_stack: Stack
         )
 
 
-@pytest.fixture
-def postgres_to_stop(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    """A PostgreSQL of the test's own, migrated, that the test may stop."""
-    postgres = EmbeddedPostgres(tmp_path / "postgres", database="ingestor")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
-        postgres.start()
-    try:
-        migrate(postgres.url)
-        yield postgres
-    finally:
-        postgres.stop()
-
-
 def test_the_dashboard_of_a_staff_session_still_shows_while_postgres_is_down(
-    postgres_to_stop: EmbeddedPostgres, redis_client: redis_lib.Redis, output_dir: Path
+    own_postgres: EmbeddedPostgres, redis_client: redis_lib.Redis, output_dir: Path
 ) -> None:
-    env = {**os.environ, "DATABASE_URL": postgres_to_stop.url, "REDIS_URL": settings.REDIS_URL}
+    env = {**os.environ, "DATABASE_URL": own_postgres.url, "REDIS_URL": settings.REDIS_URL}
     subprocess.run(
         [
             sys.executable,
@@ -435,7 +420,7 @@ def test_the_dashboard_of_a_staff_session_still_shows_while_postgres_is_down(
         check=True,
         capture_output=True,
     )
-    stack = LiveStack(database_url=postgres_to_stop.url, redis_url=settings.REDIS_URL, log_dir=output_dir)
+    stack = LiveStack(database_url=own_postgres.url, redis_url=settings.REDIS_URL, log_dir=output_dir)
     try:
         stack.web_start()
         with httpx.Client(base_url=stack.url, timeout=10) as client:
@@ -450,7 +435,7 @@ def test_the_dashboard_of_a_staff_session_still_shows_while_postgres_is_down(
             )
             assert logged_in.status_code == 302, logged_in.text
             assert 'hx-delete="/reset"' in client.get("/").text  # the staff controls
-            postgres_to_stop.stop()
+            own_postgres.stop()
             page = client.get("/")
             assert page.status_code == 200, page.text[:500]
             assert 'hx-delete="/reset"' not in page.text

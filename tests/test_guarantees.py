@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +33,7 @@ from messages_app.models import DeadLetter
 from messages_app.services import INGEST_QUEUE, batch_enqueue
 from messages_app.worker import abandoned_requeue_bound_s
 from tests.conftest import subprocess_database_url
-from tests.livestack import BASE_DIR, MANAGE, LiveStack, wait_until
+from tests.livestack import LiveStack, wait_until
 
 pytestmark = [pytest.mark.integration]
 
@@ -123,16 +120,6 @@ def figures_record(output_dir: Path, **figures: float) -> None:
     known.update({name: round(value, 3) for name, value in figures.items()})
     path.write_text(json.dumps(known, indent=2))
     print(f"figures: {known}")
-
-
-def migrate(database_url: str) -> None:
-    subprocess.run(
-        [sys.executable, MANAGE, "migrate", "--no-input", "-v", "0"],
-        env={**os.environ, "DATABASE_URL": database_url},
-        cwd=BASE_DIR,
-        check=True,
-        timeout=120,
-    )
 
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -310,19 +297,6 @@ def test_worker_killed_mid_batch_is_requeued_within_its_bound_and_loses_nothing(
 
 
 # --- 3. PostgreSQL down --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    postgres = EmbeddedPostgres(tmp_path / "postgres", database="ingestor")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
-        postgres.start()
-    try:
-        migrate(postgres.url)
-        yield postgres
-    finally:
-        postgres.stop()
 
 
 def test_postgres_down_jobs_retry_and_land_once_it_is_back(
