@@ -1,8 +1,12 @@
 """Group commit: many concurrent requests share one rq job and one Redis round trip.
 
-A request hands its rows to the batcher of its event loop and waits. The batcher flushes when it
-holds BATCH_SIZE rows or its oldest row has waited BATCH_LINGER_MS, as one job; every waiting
-request is answered only once that job is in Redis (what a Kafka producer's linger.ms does).
+A request hands its rows to the batcher of its event loop and waits; it is answered only once a
+job holding its rows is in Redis. With no flush in flight the rows go at once (a lone message
+waits for nobody); while one is in flight, the rows that arrive meanwhile gather and go as one
+job when it returns (classic group commit), or when BATCH_SIZE rows are waiting. BATCH_LINGER_MS
+bounds the wait should a flush take long (a second one then starts beside it), and stretches while
+workers fall behind. Workers catch up on a backlog of small jobs by taking many into one
+transaction (messages_app/jobs.py), so a lone message never waits for company.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ class Batcher:
         self._max_backlog = max_backlog
         self._rows: list[services.BatchRow] = []
         self._waiters: list[asyncio.Future[None]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
         self.backlog = 0
         self.jobs_waiting = 0
@@ -99,7 +103,12 @@ class Batcher:
         if len(self._rows) >= self._size:
             self._flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self._linger(), self._flush)
+            if self._in_flight == 0:
+                # Nothing to wait for: go once the requests already read in this turn of the loop
+                # have joined.
+                self._timer = loop.call_soon(self._flush)
+            else:
+                self._timer = loop.call_later(self._linger(), self._flush)
         # A client that hangs up cancels only this waiter (done, so the flush skips it), never
         # the flush task its rows already joined.
         await waiter
@@ -151,7 +160,8 @@ class Batcher:
                     waiter.set_result(None)
         finally:
             self._in_flight -= 1
-            if self._flush_deferred:
+            # What gathered while this flush was out goes now: the next group.
+            if self._flush_deferred or self._rows:
                 self._flush_deferred = False
                 self._flush()
 

@@ -1,4 +1,10 @@
-"""rq jobs: thin doors into the services, with JSON-able arguments only."""
+"""rq jobs: thin doors into the services, with JSON-able arguments only.
+
+A persist job also takes the persist jobs queued behind it into its own transaction ("absorbs"
+them): rq's bookkeeping costs a worker ~3 ms of CPU a job whatever its size, so a worker that
+falls behind a trickle of small jobs catches up by taking many at once, and the API can enqueue
+a lone message at once instead of lingering for company (messages_app/batcher.py).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,10 @@ from typing import Any
 
 from django.db import close_old_connections
 from redis.exceptions import RedisError
-from rq import get_current_job
+from rq import Queue, get_current_job
+from rq.job import Job, JobStatus
 
-from messages_app.services import BatchRow, PersistResult, messages_persist, rows_decode
+from messages_app.services import PERSIST_JOB, BatchRow, PersistResult, messages_persist, rows_decode
 from telemetry import metrics
 from telemetry.connection import redis_connection
 
@@ -22,15 +29,44 @@ logger = logging.getLogger("messages_app.worker")
 _DERIVED_EVERY_S = 0.5
 
 
+# How much a job takes in from the jobs queued behind it: up to this many jobs, and no more rows
+# in one transaction than this (a 1,000-message request is one job of 1,000 rows).
+ABSORB_MAX_JOBS = 64
+ABSORB_MAX_ROWS = 5_000
+# The ids of the jobs a job absorbed, kept until its transaction commits: a rerun of the job
+# (its worker died, PostgreSQL was down) persists them again, so they are never lost between
+# leaving the queue and reaching the table.
+ABSORBED_KEY_PREFIX = "ingestor:absorbed:"
+# Atomically: take each job id still in the queue out of it, and note it as absorbed. A job that
+# has absorbed others itself (a rerun waiting in the queue after a failure) stays: it brings those
+# in when it runs. KEYS[1] the queue, KEYS[2] the absorbing job's list; ARGV[1] the prefix of those
+# lists, then the candidate ids. Returns the ids taken.
+_CLAIM_LUA = """
+local taken = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  if redis.call('EXISTS', ARGV[1] .. id) == 0 and redis.call('LREM', KEYS[1], 1, id) == 1 then
+    redis.call('RPUSH', KEYS[2], id)
+    taken[#taken + 1] = id
+  end
+end
+return taken
+"""
+
+
 def persist_batch(batch: list[Any]) -> int:
-    """Persist one batch of messages, then record its metrics in one Redis pipeline.
+    """Persist one batch of messages, with the batches absorbed from the queue behind it, in one
+    transaction; then record its metrics in one Redis pipeline.
 
     `batch` is the job's argument as JSON decoded it: a list of rows, each a list in BatchRow's
     field order.
     """
     job = get_current_job()
     started = time.perf_counter()
-    rows, malformed = rows_decode(batch)
+    absorbed = _absorb(job, len(batch)) if job is not None else []
+    entries = [entry for other in absorbed for entry in other.args[0]]
+    entries[:0] = batch
+    rows, malformed = rows_decode(entries)
     try:
         result = messages_persist(batch=rows, malformed=malformed, job_id=job.id if job else "")
     finally:
@@ -39,11 +75,70 @@ def persist_batch(batch: list[Any]) -> int:
         close_old_connections()
     duration = time.perf_counter() - started
     try:
-        _metrics_record(rows, len(batch), result, duration, job.worker_name if job else None)
+        if job is not None and absorbed:
+            _absorbed_forget(job, absorbed)
+        _metrics_record(rows, len(entries), result, duration, job.worker_name if job else None)
     except RedisError as exc:
         # The rows are committed: failing the job now would only re-run it and count it twice.
-        logger.warning("Batch of %d saved, but its metrics were not recorded: %s", len(batch), exc)
+        logger.warning("Batch of %d saved, but its metrics were not recorded: %s", len(entries), exc)
     return result.inserted
+
+
+def _absorb(job: Job, rows: int) -> list[Job]:
+    """The persist jobs this job takes in: those an earlier run of it absorbed, then more from the
+    head of its queue while they fit under ABSORB_MAX_JOBS and ABSORB_MAX_ROWS."""
+    redis = job.connection
+    absorbed_key = ABSORBED_KEY_PREFIX + job.id
+    earlier = _ids(redis.lrange(absorbed_key, 0, -1))
+    jobs = [other for other in Job.fetch_many(earlier, redis, serializer=job.serializer) if other is not None]
+    rows += sum(max(_rows_of(other), 0) for other in jobs)
+    room = ABSORB_MAX_JOBS - len(jobs)
+    if room <= 0 or rows >= ABSORB_MAX_ROWS:
+        return jobs
+    queue = Queue(job.origin, connection=redis, serializer=job.serializer)
+    waiting = _ids(redis.lrange(queue.key, 0, room - 1))
+    if not waiting:
+        return jobs
+    candidates: dict[str, Job] = {}
+    for other in Job.fetch_many(waiting, redis, serializer=job.serializer):
+        # Only plain persist jobs still queued; anything else keeps its place in the queue.
+        if (
+            other is None
+            or other.func_name != PERSIST_JOB
+            or other.get_status(refresh=False) != JobStatus.QUEUED
+        ):
+            continue
+        size = _rows_of(other)
+        if size < 0 or rows + size > ABSORB_MAX_ROWS:
+            continue
+        candidates[other.id] = other
+        rows += size
+    if not candidates:
+        return jobs
+    taken = redis.eval(_CLAIM_LUA, 2, queue.key, absorbed_key, ABSORBED_KEY_PREFIX, *candidates)
+    return jobs + [candidates[job_id] for job_id in _ids(taken)]
+
+
+def _ids(items: Any) -> list[str]:
+    return [item.decode() if isinstance(item, bytes) else str(item) for item in items]
+
+
+def _rows_of(job: Job) -> int:
+    """How many entries a persist job carries; -1 if its arguments are not one list."""
+    try:
+        args = job.args
+    except Exception:  # undecodable data: leave the job for rq, which fails it on its own
+        return -1
+    return len(args[0]) if len(args) == 1 and isinstance(args[0], list) and not job.kwargs else -1
+
+
+def _absorbed_forget(job: Job, absorbed: list[Job]) -> None:
+    """Once their rows are committed: delete the absorbed jobs and the note of them."""
+    with job.connection.pipeline() as pipe:
+        for other in absorbed:
+            pipe.delete(other.key)
+        pipe.delete(ABSORBED_KEY_PREFIX + job.id)
+        pipe.execute()
 
 
 def _metrics_record(

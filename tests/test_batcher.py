@@ -58,15 +58,34 @@ async def test_a_submit_larger_than_batch_size_stays_one_job(redis_client: redis
     assert _jobs() == [rows]
 
 
-async def test_flushes_a_partial_batch_after_the_linger(redis_client: redis_lib.Redis) -> None:
-    batcher = _batcher(size=500, linger_s=1.0)
+async def test_a_lone_message_goes_at_once_without_waiting_for_the_linger(
+    redis_client: redis_lib.Redis,
+) -> None:
+    batcher = _batcher(size=500, linger_s=60)
     rows = _rows(2)
-    submit = asyncio.create_task(batcher.submit(rows))
-    await asyncio.sleep(0)
-    assert not submit.done()
-    assert _jobs() == []  # still lingering, waiting for company
-    await asyncio.wait_for(submit, timeout=WAIT_S)
+    # With a minute of linger, only "nothing in flight: go now" can answer this in time.
+    await asyncio.wait_for(batcher.submit(rows), timeout=WAIT_S)
     assert _jobs() == [rows]
+
+
+async def test_rows_arriving_during_a_flush_go_together_when_it_returns(
+    redis_client: redis_lib.Redis,
+) -> None:
+    release = threading.Event()
+
+    def held_enqueue(*, batch: list[Any]) -> services.Enqueued:
+        release.wait(WAIT_S)  # the first flush stays out until the others have arrived
+        return services.batch_enqueue(batch=batch)
+
+    batcher = Batcher(enqueue=held_enqueue, size=500, linger_s=60, max_backlog=1_000_000)
+    first = asyncio.ensure_future(batcher.submit(_rows(1, channel_id=1)))
+    await asyncio.sleep(0.05)
+    later = [asyncio.ensure_future(batcher.submit(_rows(1, channel_id=index))) for index in range(2, 6)]
+    await asyncio.sleep(0.05)
+    release.set()
+    # With a minute of linger, only the first flush's return can send the others in time.
+    await asyncio.wait_for(asyncio.gather(first, *later), timeout=WAIT_S)
+    assert [[row[2] for row in job] for job in _jobs()] == [[1], [2, 3, 4, 5]]
 
 
 async def test_many_concurrent_submits_share_one_job(redis_client: redis_lib.Redis) -> None:

@@ -1,0 +1,126 @@
+"""A persist job takes the persist jobs queued behind it into its own transaction.
+
+Real PostgreSQL and Redis; jobs run in-process on rq's SimpleWorker in burst mode with the JSON
+serializer, as the real worker runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+import redis as redis_lib
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from messages_app import jobs, services
+from messages_app.models import Message
+from messages_app.services import BatchRow, batch_enqueue
+from telemetry import metrics
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _rows(count: int) -> list[BatchRow]:
+    now = time.time()
+    return [BatchRow(str(uuid.uuid4()), 1 + index, 1, f"message {index}", now) for index in range(count)]
+
+
+def _work() -> None:
+    queue = services.ingest_queue()
+    SimpleWorker([queue], connection=queue.connection, serializer=JSONSerializer).work(burst=True)
+
+
+def _batch_sizes(redis_client: redis_lib.Redis) -> list[int]:
+    return [json.loads(entry)["size"] for entry in redis_client.lrange(metrics.RECENT_BATCHES, 0, -1)]
+
+
+def _leftovers(redis_client: redis_lib.Redis) -> list[bytes]:
+    return [*redis_client.keys("rq:job:*"), *redis_client.keys(jobs.ABSORBED_KEY_PREFIX + "*")]
+
+
+def test_a_backlog_of_small_jobs_is_stored_in_one_transaction(redis_client: redis_lib.Redis) -> None:
+    batches = [_rows(1) for _ in range(40)]
+    for batch in batches:
+        batch_enqueue(batch=batch)
+    _work()
+    assert {str(pk) for pk in Message.objects.values_list("id", flat=True)} == {b[0].id for b in batches}
+    assert _batch_sizes(redis_client) == [40], "the first job took the 39 behind it"
+    assert int(redis_client.get(metrics.QUEUE_LENGTH) or 0) == 0
+    assert int(redis_client.get(metrics.TOTAL_MESSAGES) or 0) == 40
+    assert _leftovers(redis_client) == [], "absorbed jobs and their note are deleted after the commit"
+
+
+def test_a_transaction_takes_no_more_than_the_row_cap(redis_client: redis_lib.Redis) -> None:
+    size = jobs.ABSORB_MAX_ROWS // 2 - 1
+    for _ in range(5):
+        batch_enqueue(batch=_rows(size))
+    _work()
+    assert Message.objects.count() == 5 * size
+    sizes = _batch_sizes(redis_client)
+    assert sum(sizes) == 5 * size
+    assert max(sizes) <= jobs.ABSORB_MAX_ROWS
+    assert len(sizes) == 3, f"two jobs absorbed one each, the last ran alone: {sizes}"
+
+
+def test_a_job_that_is_not_a_plain_persist_keeps_its_place(redis_client: redis_lib.Redis) -> None:
+    queue = services.ingest_queue()
+    batch_enqueue(batch=_rows(1))
+    # A persist job enqueued by hand with a keyword argument: not absorbed, it runs on its own.
+    by_hand = _rows(2)
+    queue.enqueue(services.PERSIST_JOB, batch=by_hand, result_ttl=0)
+    batch_enqueue(batch=_rows(1))
+    _work()
+    assert Message.objects.count() == 4
+    assert sorted(_batch_sizes(redis_client)) == [2, 2], "1 + 1 absorbed; the hand-made job alone"
+
+
+def test_jobs_absorbed_by_a_run_that_died_are_stored_by_its_rerun(redis_client: redis_lib.Redis) -> None:
+    """A worker killed between taking jobs in and committing: the rerun of its job stores them."""
+    queue: Queue = services.ingest_queue()
+    first, *behind = [_rows(3) for _ in range(4)]
+    for batch in (first, *behind):
+        batch_enqueue(batch=batch)
+    head = Job.fetch(queue.get_job_ids()[0], connection=queue.connection, serializer=JSONSerializer)
+    queue.remove(head)  # as the worker's dequeue does
+    taken = jobs._absorb(head, rows=len(first))
+    assert len(taken) == 3
+    assert queue.count == 0, "the absorbed jobs left the queue"
+    assert Message.objects.count() == 0  # ... and the worker died here, before its transaction.
+
+    queue.enqueue_job(head)  # the dead worker's job back on the queue (IngestWorker's clean-up)
+    _work()
+    expected = {row.id for batch in (first, *behind) for row in batch}
+    assert {str(pk) for pk in Message.objects.values_list("id", flat=True)} == expected
+    assert _batch_sizes(redis_client) == [12]
+    assert int(redis_client.get(metrics.QUEUE_LENGTH) or 0) == 0
+    assert _leftovers(redis_client) == []
+
+
+def test_a_rerun_waiting_in_the_queue_is_not_absorbed_and_brings_its_own(
+    redis_client: redis_lib.Redis,
+) -> None:
+    """A job that absorbed others, failed, and waits for its retry keeps them: another job that
+    took it in would store its rows but not those of the jobs it had absorbed."""
+    queue: Queue = services.ingest_queue()
+    head, failed, behind = _rows(1), _rows(1), _rows(1)
+    for batch in (head, failed, behind):
+        batch_enqueue(batch=batch)
+    head_id, failed_id, _ = queue.get_job_ids()
+    head_job, failed_job = Job.fetch_many([head_id, failed_id], queue.connection, serializer=JSONSerializer)
+    assert head_job is not None and failed_job is not None
+    queue.remove(head_job)  # out of the way for the moment
+    queue.remove(failed_job)  # dequeued by a worker
+    assert len(jobs._absorb(failed_job, rows=1)) == 1  # took `behind`, then its transaction failed
+    queue.enqueue_job(head_job)
+    queue.enqueue_job(failed_job)  # its retry is due: back in the queue, behind `head`
+    assert queue.get_job_ids() == [head_id, failed_id]
+
+    _work()
+    expected = {row.id for batch in (head, failed, behind) for row in batch}
+    assert {str(pk) for pk in Message.objects.values_list("id", flat=True)} == expected
+    assert sorted(_batch_sizes(redis_client)) == [1, 2]
+    assert _leftovers(redis_client) == []
