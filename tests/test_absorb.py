@@ -38,7 +38,7 @@ def _batch_sizes(redis_client: redis_lib.Redis) -> list[int]:
     return [json.loads(entry)["size"] for entry in redis_client.lrange(metrics.RECENT_BATCHES, 0, -1)]
 
 
-def _leftovers(redis_client: redis_lib.Redis) -> list[bytes]:
+def _leftovers(redis_client: redis_lib.Redis) -> list[bytes | str]:
     return [*redis_client.keys("rq:job:*"), *redis_client.keys(jobs.ABSORBED_KEY_PREFIX + "*")]
 
 
