@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from rq import Queue, get_current_job
 from rq.job import Job, JobStatus
 
-from messages_app.services import PERSIST_JOB, BatchRow, PersistResult, messages_persist, rows_decode
+from messages_app.services import JOB_ROWS_META, BatchRow, PersistResult, messages_persist, rows_decode
 from telemetry import metrics
 from telemetry.connection import redis_connection
 
@@ -99,24 +99,35 @@ def _absorb(job: Job, rows: int) -> list[Job]:
     waiting = _ids(redis.lrange(queue.key, 0, room - 1))
     if not waiting:
         return jobs
-    candidates: dict[str, Job] = {}
-    for other in Job.fetch_many(waiting, redis, serializer=job.serializer):
-        # Only plain persist jobs still queued; anything else keeps its place in the queue.
-        if (
-            other is None
-            or other.func_name != PERSIST_JOB
-            or other.get_status(refresh=False) != JobStatus.QUEUED
-        ):
+    # Each waiting job's status and size, from two small fields: its rows are decoded only if taken.
+    with redis.pipeline(transaction=False) as pipe:
+        for job_id in waiting:
+            pipe.hmget(Job.key_for(job_id), ["status", "meta"])
+        fields = pipe.execute()
+    candidates = []
+    for job_id, (status, meta) in zip(waiting, fields, strict=True):
+        # Only persist jobs the API made (they say their size) and still queued; anything else
+        # keeps its place in the queue.
+        size = _rows_in_meta(job, meta)
+        if status != JobStatus.QUEUED.value.encode() or size < 0 or rows + size > ABSORB_MAX_ROWS:
             continue
-        size = _rows_of(other)
-        if size < 0 or rows + size > ABSORB_MAX_ROWS:
-            continue
-        candidates[other.id] = other
+        candidates.append(job_id)
         rows += size
     if not candidates:
         return jobs
-    taken = redis.eval(_CLAIM_LUA, 2, queue.key, absorbed_key, ABSORBED_KEY_PREFIX, *candidates)
-    return jobs + [candidates[job_id] for job_id in _ids(taken)]
+    taken = _ids(redis.eval(_CLAIM_LUA, 2, queue.key, absorbed_key, ABSORBED_KEY_PREFIX, *candidates))
+    return jobs + [
+        other for other in Job.fetch_many(taken, redis, serializer=job.serializer) if other is not None
+    ]
+
+
+def _rows_in_meta(job: Job, meta: bytes | None) -> int:
+    """The row count a job made by batch_enqueue carries in its meta; -1 for any other job."""
+    try:
+        size = job.serializer.loads(meta).get(JOB_ROWS_META) if meta else None
+    except Exception:  # unreadable meta: not one of ours
+        return -1
+    return size if type(size) is int and size >= 0 else -1
 
 
 def _ids(items: Any) -> list[str]:

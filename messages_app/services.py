@@ -64,6 +64,9 @@ def rows_decode(batch: list[Any]) -> tuple[list[BatchRow], list[Any]]:
 # rq picks interval[len(interval) - retries_left]: a shorter list than `max` repeats its FIRST
 # value (here 23 retries 1 s apart, ~2.4 minutes in all), so the list spells out every retry.
 PERSIST_JOB = "messages_app.jobs.persist_batch"
+# The job's meta field that says how many rows it carries: a worker reads it (not the whole job)
+# to choose which queued jobs to take into its transaction (messages_app/jobs.py).
+JOB_ROWS_META = "rows"
 PERSIST_RETRY = Retry(max=30, interval=[1, 2, 4, 8, 15, 30, *[60] * 24])
 
 
@@ -103,6 +106,7 @@ def batch_enqueue(*, batch: Sequence[Sequence[Any]]) -> Enqueued:
             result_ttl=0,
             failure_ttl=7 * 24 * 3600,
             retry=PERSIST_RETRY,
+            meta={JOB_ROWS_META: len(batch)},
             pipeline=pipe,
         )
         ours = len(pipe)  # rq's own commands come first
