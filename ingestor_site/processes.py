@@ -3,7 +3,7 @@ benchmarks alike.
 
 The web server is granian (as in production) and a worker is `manage.py rqworker ingest`. Every
 process starts as the leader of a process group of its own, so a stop reaches its children too
-(granian's workers, rq's scheduler), and the watchdog stops the group should we die first.
+(granian's workers), and the watchdog stops the group should we die first.
 A stop is bounded: SIGTERM to the leader, then, after a grace, SIGKILL to the group, and a line
 that says so.
 """
@@ -101,9 +101,9 @@ def stop(
 ) -> None:
     """SIGTERM each leader, wait up to `grace_s` for all, then SIGKILL the groups of those left.
 
-    The leader alone gets SIGTERM: rq's scheduler child and granian's workers hear from their
-    parent. Whatever of a group outlives its leader (a worker its master gave up on) is killed
-    too, so no orphan keeps the port.
+    The leader alone gets SIGTERM: granian's workers hear from their parent. Whatever of a
+    group outlives its leader (a worker its master gave up on) is killed too, so no orphan keeps
+    the port.
     """
     for process in processes:
         if process.poll() is None:

@@ -7,8 +7,8 @@ which holds the read end of a pipe only its parent can write to. The parent tell
 group it starts and reaps; when the pipe closes (the parent exited, however), the watchdog stops
 every group still on its list: web server and workers first, then the database and Redis, each
 with its own stop signal to the group's leader, then SIGKILL to the whole group after a short
-grace. A group holds a process's children too (granian's workers, rq's scheduler, PostgreSQL's
-backends), which is why each is started as a group leader.
+grace. A group holds a process's children too (granian's workers, PostgreSQL's backends), which
+is why each is started as a group leader.
 
     python -m ingestor_site.watchdog     # reads "guard PGID STAGE SIGNAL" / "release PGID" lines
 """
