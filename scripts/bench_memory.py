@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """How much memory does `make run` hold? `python scripts/bench_memory.py`
 
-Starts its own embedded PostgreSQL and Redis (fresh, under .data/bench-memory; it never touches
-DATABASE_URL / REDIS_URL), then the real supervisor (`python -m ingestor_site.stack run`, as
-`make run` starts it, pointed at those servers and a free port) and reads the memory of every
-process in its tree: RSS, PSS (shared pages split between the processes sharing them: the sum is
+Runs `make run`'s own supervisor (`python -m ingestor_site.stack run`) on a free port with its data
+folder under .data/bench-memory (wiped first; DATABASE_URL / REDIS_URL are ignored), so it starts
+its embedded PostgreSQL and Redis as `make run` does, and reads the memory of every Python process
+in its tree (the servers are listed apart): RSS, PSS (shared pages split between the processes sharing them: the sum is
 what the stack really costs) and USS (what stopping that process alone would free). It reads them
 at rest after a short warm-up, right after a load (wrk POST /messages), and once that load has
 drained and settled. The wrk figures are printed too, so a change that saves memory can be checked
@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -37,7 +38,7 @@ sys.path.insert(0, str(BASE_DIR))
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
-from ingestor_site.embedded import free_port, fresh_services  # noqa: E402
+from ingestor_site.embedded import free_port  # noqa: E402
 
 DATA_DIR = BASE_DIR / ".data" / "bench-memory"
 MB = 1024 * 1024
@@ -46,6 +47,8 @@ SETTLE_S = 10.0
 
 # The roles, in the order a table lists them.
 ROLES = ("supervisor", "watchdog", "web master", "web process", "rq worker", "rq scheduler", "other")
+# The embedded servers the supervisor starts: theirs is the data's memory, not the stack's.
+SERVER_NAMES = ("postgres", "valkey")
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,14 @@ def _role(process: psutil.Process, supervisor_pid: int) -> str:
 
 
 def memory_snapshot(supervisor_pid: int) -> list[ProcessMemory]:
-    """The memory of the supervisor and every process under it, sorted by role."""
+    """The memory of the supervisor and every process under it but the database and Redis
+    servers, sorted by role."""
     root = psutil.Process(supervisor_pid)
     found = []
     for process in [root, *root.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
+            if process.name().startswith(SERVER_NAMES):
+                continue
             info = process.memory_full_info()
             found.append(
                 ProcessMemory(
@@ -147,13 +153,15 @@ def totals(snapshot: list[ProcessMemory]) -> dict[str, float]:
 
 
 class Supervised:
-    """`python -m ingestor_site.stack run` against given servers, on a free port."""
+    """`python -m ingestor_site.stack run` with its own embedded servers in `data_dir`, on a free port."""
 
-    def __init__(self, *, database_url: str, redis_url: str, log_path: Path) -> None:
+    def __init__(self, *, data_dir: Path, log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
-               "PORT": str(self.port), "LOG_LEVEL": "WARNING", "INGESTOR_LOCAL": "true"}  # fmt: skip
+        env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "REDIS_URL")}
+        env.update(
+            INGESTOR_DATA_DIR=str(data_dir), PORT=str(self.port), LOG_LEVEL="WARNING", INGESTOR_LOCAL="true"
+        )
         self.log = log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "ingestor_site.stack", "run"],
@@ -208,8 +216,10 @@ def measure(*, load_seconds: int, connections: int) -> dict[str, Any]:
     """One fresh stack: memory at rest, after a wrk load, and settled again; the load's figures."""
     from bench import POST_LUA, wrk  # noqa: PLC0415  # scripts/ is on sys.path when run as a script
 
-    with fresh_services(DATA_DIR) as (database_url, redis_url), tempfile.TemporaryDirectory() as scratch:
-        stack = Supervised(database_url=database_url, redis_url=redis_url, log_path=DATA_DIR / "stack.log")
+    shutil.rmtree(DATA_DIR, ignore_errors=True)
+    DATA_DIR.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        stack = Supervised(data_dir=DATA_DIR, log_path=DATA_DIR / "stack.log")
         try:
             stack.healthy_wait()
             warm_up(stack.url)
