@@ -18,11 +18,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-from typing import IO
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import IO
 
 # Seconds a stage (web and workers, then servers) gets to stop before SIGKILL: short, because the
 # supervisor is already gone and a port held by an orphan blocks the next `make run`.
@@ -42,6 +44,10 @@ class Watchdog:
     def _pipe_open(self) -> IO[str]:
         # A forked copy of us (a test's subprocess, multiprocessing) must not write to our watchdog.
         if self._pipe is None or self._owner_pid != os.getpid():
+            # Here, not at the top: the watchdog process runs this module too, and subprocess
+            # would only add to its memory.
+            import subprocess
+
             process = subprocess.Popen(  # noqa: S603
                 [sys.executable, "-m", "ingestor_site.watchdog"],
                 stdin=subprocess.PIPE,
