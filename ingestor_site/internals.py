@@ -31,6 +31,7 @@ _ASGI = "django.core.handlers.asgi:ASGIHandler"
 _API_HANDLER = "ingestor_site.handlers:ApiASGIHandler"
 _WORKER = "messages_app.worker:IngestWorker"
 _REQUEUE = "IngestWorker._abandoned_requeue"
+_SCHEDULED = "IngestWorker.scheduled_enqueue"
 
 DJANGO = (
     # ApiASGIHandler replaces ASGIHandler.__call__() and handle() with a leaner request cycle
@@ -90,10 +91,17 @@ RQ = (
         override=f"{_WORKER}.run_maintenance_tasks",
     ),
     Reliance("rq.worker:BaseWorker.__init__", "IngestWorker", ("self", "queues"), ("maintenance_interval",)),
-    # IngestWorker.work reads with_scheduler to know rq will fork a scheduler child; rq forks it
-    # with multiprocessing's fork context, so the at-fork hook IngestWorker registers reaches it.
-    Reliance("rq.worker:BaseWorker.work", "IngestWorker.work", ("self", "burst"), ("with_scheduler",)),
-    Reliance("rq.scheduler:ForkProcess", "IngestWorker's at-fork hook"),
+    # IngestWorker.scheduled_enqueue runs rq's scheduler in the worker process, as rq's
+    # BaseWorker._start_scheduler does for a burst worker (none of it is documented).
+    Reliance(
+        "rq.scheduler:RQScheduler.__init__",
+        _SCHEDULED,
+        ("self", "queues", "connection"),
+        ("serializer", "name", "logging_level"),
+    ),
+    Reliance("rq.scheduler:RQScheduler.acquire_locks", _SCHEDULED, ("self",)),
+    Reliance("rq.scheduler:RQScheduler.enqueue_scheduled_jobs", _SCHEDULED, ("self",)),
+    Reliance("rq.scheduler:RQScheduler.release_locks", _SCHEDULED, ("self",)),
     # The requeue of a dead worker's job.
     Reliance("rq.registry:StartedJobRegistry.get_expired_job_ids", _REQUEUE, ("self",)),
     Reliance("rq.registry:StartedJobRegistry.get_job_and_execution_ids", _REQUEUE, ("self",), ("cleanup",)),

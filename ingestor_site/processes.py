@@ -3,7 +3,7 @@ benchmarks alike.
 
 The web server is granian (as in production) and a worker is `manage.py rqworker ingest`. Every
 process starts as the leader of a process group of its own, so a stop reaches its children too
-(granian's workers, rq's scheduler), and the watchdog stops the group should we die first.
+(granian's workers), and the watchdog stops the group should we die first.
 A stop is bounded: SIGTERM to the leader, then, after a grace, SIGKILL to the group, and a line
 that says so.
 """
@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from ingestor_site.watchdog import STAGE_PROCESSES, group_alive, watchdog
 
@@ -101,9 +103,9 @@ def stop(
 ) -> None:
     """SIGTERM each leader, wait up to `grace_s` for all, then SIGKILL the groups of those left.
 
-    The leader alone gets SIGTERM: rq's scheduler child and granian's workers hear from their
-    parent. Whatever of a group outlives its leader (a worker its master gave up on) is killed
-    too, so no orphan keeps the port.
+    The leader alone gets SIGTERM: granian's workers hear from their parent. Whatever of a
+    group outlives its leader (a worker its master gave up on) is killed too, so no orphan keeps
+    the port.
     """
     for process in processes:
         if process.poll() is None:
@@ -124,6 +126,27 @@ def stop(
         watchdog.release(process.pid)
 
 
+def http_status(url: str, *, timeout_s: float) -> int | None:
+    """The status of a plain GET of `url` (http://host:port/path), or None if none came.
+
+    A bare HTTP/1.0 request on a socket: `make run`'s supervisor calls this, and an HTTP client
+    library (httpx, or even http.client, which loads the email package) would stay loaded in it
+    for its whole life, 8 to 13 MB, to ask one question at start-up.
+    """
+    parts = urlsplit(url)
+    request = f"GET {parts.path or '/'} HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode()
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout_s) as conn:
+            conn.sendall(request)
+            head = conn.recv(64)
+    except OSError:
+        return None
+    fields = head.split(b" ", 2)
+    if len(fields) < 2 or not fields[0].startswith(b"HTTP/") or not fields[1].isdigit():
+        return None
+    return int(fields[1])
+
+
 def live_wait(
     url: str,
     *,
@@ -133,15 +156,12 @@ def live_wait(
 ) -> None:
     """Wait until `url`/health/live answers 200; fail early if `process` exits; give up quietly
     once `stop()` is true (a Ctrl-C while starting)."""
-    import httpx
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not (stop and stop()):
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the web server exited with code {process.returncode} while starting")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health/live", timeout=1).status_code == 200:
-                return
+        if http_status(f"{url}/health/live", timeout_s=1) == 200:
+            return
         time.sleep(0.1)
     if stop and stop():
         return

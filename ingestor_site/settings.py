@@ -131,10 +131,12 @@ SECRET_KEY = secret_key_from_env(debug=DEBUG, local=LOCAL_RUN)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
+# No "daphne": its app would load Twisted into every process; messages_app's `runserver` is
+# daphne's command, loaded by that command alone.
 INSTALLED_APPS = [
-    "daphne",
     # Listed before django_rq so that its `rqworker` command (JSON serializer, our worker class)
-    # replaces django-rq's, which defaults to pickle and fails every JSON job.
+    # replaces django-rq's, which defaults to pickle and fails every JSON job; and before
+    # staticfiles and WhiteNoise so that its `runserver` (daphne's) replaces theirs.
     "messages_app",
     "metrics_app",
     "django.contrib.admin",

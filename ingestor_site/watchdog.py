@@ -7,8 +7,8 @@ which holds the read end of a pipe only its parent can write to. The parent tell
 group it starts and reaps; when the pipe closes (the parent exited, however), the watchdog stops
 every group still on its list: web server and workers first, then the database and Redis, each
 with its own stop signal to the group's leader, then SIGKILL to the whole group after a short
-grace. A group holds a process's children too (granian's workers, rq's scheduler, PostgreSQL's
-backends), which is why each is started as a group leader.
+grace. A group holds a process's children too (granian's workers, PostgreSQL's backends), which
+is why each is started as a group leader.
 
     python -m ingestor_site.watchdog     # reads "guard PGID STAGE SIGNAL" / "release PGID" lines
 """
@@ -18,11 +18,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-from typing import IO
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import IO
 
 # Seconds a stage (web and workers, then servers) gets to stop before SIGKILL: short, because the
 # supervisor is already gone and a port held by an orphan blocks the next `make run`.
@@ -42,6 +44,10 @@ class Watchdog:
     def _pipe_open(self) -> IO[str]:
         # A forked copy of us (a test's subprocess, multiprocessing) must not write to our watchdog.
         if self._pipe is None or self._owner_pid != os.getpid():
+            # Here, not at the top: the watchdog process runs this module too, and subprocess
+            # would only add to its memory.
+            import subprocess
+
             process = subprocess.Popen(  # noqa: S603
                 [sys.executable, "-m", "ingestor_site.watchdog"],
                 stdin=subprocess.PIPE,

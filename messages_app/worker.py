@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
-import signal
-import sys
-import threading
-import time
 from typing import Any
 
 from django.db import close_old_connections
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job, JobStatus
+from rq.scheduler import RQScheduler
 
 from messages_app.partitions import partitions_maintain_when_due
 
@@ -58,45 +53,13 @@ class _PerJobChatterFilter(logging.Filter):
         )
 
 
-_PR_SET_PDEATHSIG = 1
-# The pid of the worker process whose forks must die with it; set when a worker starts working.
-_forking_worker_pid: int | None = None
-_fork_hook_registered = False
-
-
-def _child_dies_with_worker() -> None:
-    """In a child forked from a worker (rq's scheduler): exit as soon as the worker is gone.
-
-    The child holds copies of the worker's sockets. If it outlived a worker killed with kill -9,
-    the worker's Redis connection would stay open, and the blocking dequeue pending on it would
-    keep taking jobs for a client that is gone: they would sit in rq's intermediate queue until
-    its one-minute clean-up failed them.
-    """
-    global _forking_worker_pid
-    parent_pid = _forking_worker_pid
-    if parent_pid is None:
-        return
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    else:
-        # No parent-death signal: notice the orphaning within a second.
-        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
-    if os.getppid() != parent_pid:  # the worker died before the lines above took effect
-        os._exit(0)
-    _forking_worker_pid = None  # the child's own children, if any, are not the worker's
-
-
-def _exit_when_orphaned(parent_pid: int) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(1)
-    os._exit(0)
-
-
 class IngestWorker(SimpleWorker):
     """A no-fork worker (about 4x the jobs/s of rq's forking Worker) that reclaims abandoned jobs fast.
 
     Jobs run in the worker process itself, so Django's connection pool and the compiled insert
     survive from one batch to the next. A SIGTERM lets the current batch finish (rq's warm shutdown).
+    Retries due from the scheduled registry go back on the queue on the worker's own maintenance
+    tick (scheduled_enqueue), so no scheduler process is needed.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -104,19 +67,7 @@ class IngestWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         if not any(isinstance(existing, _PerJobChatterFilter) for existing in self.log.filters):
             self.log.addFilter(_PerJobChatterFilter())
-
-    def work(self, *args: Any, **kwargs: Any) -> bool:
-        # rq forks its scheduler from this process (a multiprocessing "fork" Process; jobs run
-        # here, unforked), so an at-fork hook reaches the scheduler child before rq's code runs
-        # in it: the child dies with this worker without any of rq's scheduler code replaced.
-        # Both rq's and django-rq's commands pass with_scheduler by keyword.
-        global _forking_worker_pid, _fork_hook_registered
-        if kwargs.get("with_scheduler"):
-            _forking_worker_pid = os.getpid()
-            if not _fork_hook_registered:
-                os.register_at_fork(after_in_child=_child_dies_with_worker)
-                _fork_hook_registered = True
-        return bool(super().work(*args, **kwargs))
+        self._retry_scheduler: RQScheduler | None = None
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # SimpleWorker sends no heartbeat while a job runs: the TTL must cover the whole job.
@@ -131,12 +82,41 @@ class IngestWorker(SimpleWorker):
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
+        # After rq's clean-up, which may just have scheduled the retry of an abandoned job.
+        self.scheduled_enqueue()
         # The messages table's partitions, on the worker fleet's own tick: at start-up, then every
         # partitions.MAINTENANCE_EVERY_S by whichever worker claims it first.
         try:
             partitions_maintain_when_due(redis=self.connection)
         finally:
             close_old_connections()
+
+    def scheduled_enqueue(self) -> None:
+        """Put the jobs whose retry time has come back on their queue, as rq's scheduler would.
+
+        rq's scheduler is a process forked from the worker (as big as the worker itself) that does
+        this every second. Here it runs on the maintenance tick instead: after each job and after
+        each idle dequeue, at most every MAINTENANCE_INTERVAL_S, so a retry runs up to that much
+        later than its Retry interval says. It is rq's own scheduler code, run in this process as
+        rq runs it for a burst worker: take the queue's scheduler lock, move the due jobs, release
+        the lock. Of several workers (or an rq scheduler someone started) one moves a job, the
+        others find the lock taken and skip; the lock is held for the move alone, so a worker
+        killed with kill -9 almost never leaves it behind (it would lapse after 61 s).
+        """
+        if self._retry_scheduler is None:
+            # rq's scheduler logs each lock it takes at INFO: once per tick here.
+            self._retry_scheduler = RQScheduler(
+                self.queues, connection=self.connection, serializer=self.serializer,
+                name=self.name, logging_level=logging.WARNING,
+            )  # fmt: skip
+        scheduler = self._retry_scheduler
+        # rq leaves these three unannotated.
+        if not scheduler.acquire_locks():  # type: ignore[no-untyped-call]
+            return
+        try:
+            scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+        finally:
+            scheduler.release_locks()  # type: ignore[no-untyped-call]
 
     def clean_registries(self) -> None:
         for queue in self.queues:
@@ -146,11 +126,10 @@ class IngestWorker(SimpleWorker):
     def _abandoned_requeue(self, queue: Queue) -> None:
         """Put the jobs of dead workers back at the front of the queue, at once.
 
-        rq's own clean-up retries an abandoned job through the scheduler after the Retry interval,
-        but a worker killed with kill -9 takes its scheduler child along, whose lock then blocks
-        every other worker's scheduler for 60 s more: acknowledged messages would wait over a
-        minute. An abandoned batch did not fail; it runs again now, spending one retry, so a
-        batch that keeps killing its worker still ends in the failed registry.
+        rq's own clean-up retries an abandoned job through the scheduled registry, after the Retry
+        interval: acknowledged messages would wait for it although the batch did not fail. It runs
+        again now, spending one retry, so a batch that keeps killing its worker still ends in the
+        failed registry.
         """
         registry = queue.started_job_registry
         expired = set(registry.get_expired_job_ids())

@@ -43,11 +43,11 @@ class LiveStack(WebAndWorkers):
 
     @staticmethod
     def signal(process: subprocess.Popen[bytes], signum: int) -> None:
-        """Signal the process itself (not its group: rq's scheduler child must not get it)."""
+        """Signal the process itself (not its group: a child it forks must hear from it, not from us)."""
         os.kill(process.pid, signum)
 
     @staticmethod
     def kill(process: subprocess.Popen[bytes]) -> None:
-        """SIGKILL the whole process group (the worker and its scheduler child)."""
+        """SIGKILL the whole process group (the worker and any child of it)."""
         if process.poll() is None:
             group_kill(process)

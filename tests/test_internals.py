@@ -157,11 +157,3 @@ def test_the_started_registry_holds_executions_by_their_composite_key(redis_clie
         assert registry.get_job_and_execution_ids(cleanup=False) == [(execution.job_id, execution.id)]
     finally:
         redis_client.delete(registry.key)
-
-
-def test_rqs_scheduler_is_forked_so_the_workers_fork_hook_reaches_it() -> None:
-    fork_process = _resolve("rq.scheduler:ForkProcess")
-    assert fork_process._start_method == "fork", (
-        f"rq.scheduler.ForkProcess now starts with {fork_process._start_method!r}: "
-        "IngestWorker's at-fork hook would not reach the scheduler child"
-    )

@@ -1,8 +1,8 @@
 """`manage.py rqworker` works as Django users expect, with no extra flags, on this project's JSON jobs.
 
 django-rq's own command defaults to rq's pickle serializer and would fail every JSON job with a
-DeserializationError; the project's command must not. Its worker runs rq's scheduler in a child
-process that must not outlive it.
+DeserializationError; the project's command must not. Its worker forks no scheduler: it puts due
+retries back on the queue itself.
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 
 import psutil
 import pytest
 import redis as redis_lib
 from django.conf import settings
-from rq import Queue
+from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
 from messages_app.models import Message
-from messages_app.services import INGEST_QUEUE, batch_enqueue
+from messages_app.services import INGEST_QUEUE, PERSIST_JOB, batch_enqueue
 from tests.conftest import subprocess_database_url
 from tests.livestack import BASE_DIR, MANAGE, wait_until
 
@@ -57,18 +58,9 @@ def test_plain_rqworker_burst_processes_a_json_job(
     assert int(redis_client.get("queue_length") or 0) == 0
 
 
-def _dead(process: psutil.Process) -> bool:
-    try:
-        return bool(process.status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
-
-
-def test_the_workers_scheduler_child_dies_with_a_worker_killed_with_kill_9(
-    redis_client: redis_lib.Redis,
+def test_the_worker_forks_no_scheduler_and_runs_a_due_retry_itself(
+    transactional_db: None, redis_client: redis_lib.Redis
 ) -> None:
-    # A scheduler child that outlived its worker would keep the worker's Redis connection open,
-    # and the dequeue pending on it would take jobs for a worker that is gone.
     worker = subprocess.Popen(
         [sys.executable, MANAGE, "rqworker", "ingest", "--name", f"scheduler-check-{uuid.uuid4().hex}"],
         env={**os.environ, "DATABASE_URL": subprocess_database_url(), "REDIS_URL": settings.REDIS_URL},
@@ -77,13 +69,17 @@ def test_the_workers_scheduler_child_dies_with_a_worker_killed_with_kill_9(
         stderr=subprocess.DEVNULL,
     )
     try:
-        (scheduler,) = wait_until(
-            lambda: psutil.Process(worker.pid).children(), timeout_s=60, what="the worker's scheduler child"
+        queue = Queue(INGEST_QUEUE, connection=redis_client, serializer=JSONSerializer)
+        wait_until(lambda: Worker.count(queue=queue) == 1, timeout_s=60, what="the worker to register")
+        message_id = str(uuid.uuid4())
+        # As a failed batch's retry waits: in the scheduled registry, due now.
+        queue.enqueue_at(datetime.now(UTC), PERSIST_JOB, [[message_id, 1, 5, "retried", time.time()]])
+        wait_until(
+            lambda: Message.objects.filter(id=message_id).exists(),
+            timeout_s=30,
+            what="the retry to be stored",
         )
-        worker.kill()
-        worker.wait(timeout=10)
-        wait_until(lambda: _dead(scheduler), timeout_s=10, what="the scheduler child to die with its worker")
+        assert psutil.Process(worker.pid).children() == []
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
+        worker.kill()
+        worker.wait()

@@ -2,8 +2,9 @@
 
 django-rq's own command defaults to rq's pickle serializer and the forking Worker, so a plain
 `manage.py rqworker ingest` would fail every job with a DeserializationError. This command is
-the same one with defaults that fit: the queue's serializer, IngestWorker, the scheduler on
-(retries with backoff need it) and a short worker TTL.
+the same one with defaults that fit: the queue's serializer, IngestWorker and a short worker TTL.
+No scheduler process: IngestWorker moves due retries back onto the queue itself
+(`--with-scheduler` still starts rq's, which then does it instead).
 """
 
 from __future__ import annotations
@@ -22,16 +23,9 @@ class Command(DjangoRQWorkerCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         super().add_arguments(parser)  # type: ignore[no-untyped-call]  # django-rq leaves it unannotated
-        parser.add_argument(
-            "--without-scheduler",
-            action="store_false",
-            dest="with_scheduler",
-            help="Do not run rq's scheduler (retries with backoff then wait for a worker that does).",
-        )
         parser.set_defaults(
             worker_class="messages_app.worker.IngestWorker",
             serializer=settings.RQ_QUEUES["ingest"]["SERIALIZER"],
-            with_scheduler=True,
             worker_ttl=WORKER_TTL_S,
         )
 
