@@ -115,7 +115,7 @@ async def run(url: str, counts: list[int], seconds: float, client: redis.Redis, 
 def web_rss_mb(web_pid: int) -> float:
     """Resident memory of the web server's worker processes (granian's master aside), in MB."""
     children = psutil.Process(web_pid).children(recursive=True)
-    return sum(child.memory_info().rss for child in children) / 2**20
+    return float(sum(child.memory_info().rss for child in children)) / 2**20
 
 
 async def flood_once(url: str, count: int, web_pid: int) -> dict[str, Any]:
