@@ -16,6 +16,7 @@ from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 
+from messages_app.counters import counters_reconcile_when_due
 from messages_app.partitions import partitions_maintain_when_due
 
 # A worker killed mid-batch leaves its job in the started registry until its heartbeat lapses;
@@ -132,9 +133,11 @@ class IngestWorker(SimpleWorker):
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
         # The messages table's partitions, on the worker fleet's own tick: at start-up, then every
-        # partitions.MAINTENANCE_EVERY_S by whichever worker claims it first.
+        # partitions.MAINTENANCE_EVERY_S by whichever worker claims it first; and the counters,
+        # set from the tables at a quiet moment (messages_app/counters.py).
         try:
             partitions_maintain_when_due(redis=self.connection)
+            counters_reconcile_when_due(redis=self.connection)
         finally:
             close_old_connections()
 

@@ -196,6 +196,8 @@ def main() -> int:
         postgres = EmbeddedPostgres(Path(tmp) / "postgres").start()
         valkey = EmbeddedRedis(Path(tmp) / "redis", persistent=False).start()
         env = {**os.environ, "DATABASE_URL": postgres.url, "REDIS_URL": valkey.url}
+        if args.flood:  # the whole flood in one process, whatever the default limit
+            env["DASHBOARD_MAX_SOCKETS"] = str(max(args.flood, 1))
         stack = WebAndWorkers(env=env, log_dir=Path(tmp))
         try:
             for command in (["migrate", "--noinput", "-v", "0"], ["collectstatic", "--noinput", "-v", "0"]):
