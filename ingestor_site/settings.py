@@ -225,6 +225,12 @@ RQ_QUEUES = {
 }
 RQ_SHOW_ADMIN_LINK = True
 
+# Dashboard sockets (WS /ws/stats) one web process serves; past it a new socket is accepted and
+# closed at once with code 1013 (try again later). Each open one holds about 190 KB (README).
+DASHBOARD_MAX_SOCKETS = env_int("DASHBOARD_MAX_SOCKETS", 1000, minimum=1)
+
+# The dashboard's sockets use no channel layer (each process fans its frames out in memory);
+# the layer stays configured for any other consumer.
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",

@@ -11,6 +11,7 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
 
+from messages_app.counters import counters_reconcile_when_due
 from messages_app.partitions import partitions_maintain_when_due
 
 # A worker killed mid-batch leaves its job in the started registry until its heartbeat lapses;
@@ -85,9 +86,11 @@ class IngestWorker(SimpleWorker):
         # After rq's clean-up, which may just have scheduled the retry of an abandoned job.
         self.scheduled_enqueue()
         # The messages table's partitions, on the worker fleet's own tick: at start-up, then every
-        # partitions.MAINTENANCE_EVERY_S by whichever worker claims it first.
+        # partitions.MAINTENANCE_EVERY_S by whichever worker claims it first; and the counters,
+        # set from the tables at a quiet moment (messages_app/counters.py).
         try:
             partitions_maintain_when_due(redis=self.connection)
+            counters_reconcile_when_due(redis=self.connection)
         finally:
             close_old_connections()
 

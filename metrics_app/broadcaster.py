@@ -2,9 +2,10 @@
 
 Every open dashboard needs the same numbers at the same instant. So each server process runs one
 broadcaster task (while it has at least one socket) that reads Redis once per frame, in one
-pipeline, renders the frame once, and hands it to a channel-layer group holding that process's
-sockets. channels-redis coalesces a group message for sockets of one process into one Redis
-message, so fifty open dashboards cost about what one does.
+pipeline, renders the frame once, and hands the same string to each of that process's sockets in
+memory. No socket touches Redis or the channel layer: a channels-redis group would cost each socket
+a `group_add` on a pooled connection (a few hundred sockets opened at once exhausted the pool) and
+each frame a round trip through Redis, for a payload that is identical for every socket.
 
 Frames are JSON text, `{"type": ..., "stats": {...}, "html": "..."}`: scripts read the numbers,
 the page feeds the points to Chart.js and lets htmx swap the `html` (out-of-band fragments).
@@ -12,22 +13,24 @@ the page feeds the points to Chart.js and lets htmx swap the `html` (out-of-band
 - `stats_update`: every FRAME_INTERVAL_S: stats, the points of seconds completed since, cards.
 - `batch_persisted`: in the frame after workers committed batches: how many, the newest ones,
   and the tables of latest batches and messages. One aggregated event per frame, not one per
-  batch: channels-redis silently drops past a few hundred group messages a second.
+  batch, so a busy pipeline costs a socket at most two frames a tick.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import json
 import logging
 import time
-import uuid
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import DatabaseError
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
@@ -48,6 +51,34 @@ TICK_PHASE_S = 0.3
 RECENT_READ = 20
 # A subscriber waits this long for the broadcaster's first read before it is told "unavailable".
 FIRST_READ_WAIT_S = 5.0
+# After sockets leave, give the freed memory back to the OS once no socket has left for this long.
+TRIM_AFTER_S = 2.0
+
+
+class FrameSink(Protocol):
+    """A socket as the broadcaster sees it: takes a frame without waiting (see consumers.py)."""
+
+    def frame_deliver(self, frame: str) -> None: ...
+
+
+def _malloc_trim() -> None:
+    """Give the C heap's free pages back to the OS (glibc only; elsewhere nothing happens).
+
+    A socket's buffers and objects are many small allocations spread over the heap; when they are
+    freed among longer-lived ones, glibc keeps the pages, and a process that once held 2,000
+    sockets would stay that size for good.
+    """
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _libc_malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    return getattr(ctypes.CDLL(name), "malloc_trim", None)
 
 
 def _json(frame: dict[str, Any]) -> str:
@@ -66,10 +97,9 @@ class DashboardState:
 
 @dataclass
 class StatsBroadcaster:
-    """Reads Redis once per frame for every dashboard socket of this process and group-sends the frame."""
+    """Reads Redis once per frame for every dashboard socket of this process and hands each the frame."""
 
-    group: str = field(default_factory=lambda: f"dashboard.{uuid.uuid4().hex}")
-    subscribers: int = 0
+    sinks: set[FrameSink] = field(default_factory=set)
     reads: int = 0
     state: DashboardState | None = None
     history: ChartHistory = field(default_factory=ChartHistory)
@@ -77,10 +107,24 @@ class StatsBroadcaster:
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _redis: AsyncRedis | None = None
     _failing_since: float | None = None
+    _trim: asyncio.TimerHandle | None = None
+    _snapshot: tuple[DashboardState, str] | None = None
 
-    async def subscribe(self) -> str:
-        """Count a socket in and return its snapshot frame (after the first read, if just started)."""
-        self.subscribers += 1
+    @property
+    def subscribers(self) -> int:
+        return len(self.sinks)
+
+    def has_room(self) -> bool:
+        """Whether one more socket fits under DASHBOARD_MAX_SOCKETS."""
+        return len(self.sinks) < settings.DASHBOARD_MAX_SOCKETS
+
+    async def subscribe(self, sink: FrameSink) -> str:
+        """Add a socket and return its snapshot frame (after the first read, if just started).
+
+        Frames of ticks that run meanwhile reach the sink already, before the snapshot is returned;
+        the sink sends them after it.
+        """
+        self.sinks.add(sink)
         if self._task is None or self._task.done():
             self._ready.clear()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="dashboard-broadcaster")
@@ -90,9 +134,21 @@ class StatsBroadcaster:
             return _json({"type": "snapshot", "error": "metrics unavailable", "series": [], "html": ""})
         return self.snapshot_frame()
 
-    def unsubscribe(self) -> None:
-        """Count a socket out; the task stops at its next tick once no socket is left."""
-        self.subscribers = max(self.subscribers - 1, 0)
+    def unsubscribe(self, sink: FrameSink) -> None:
+        """Remove a socket; the task stops at its next tick once no socket is left."""
+        self.sinks.discard(sink)
+        # Once sockets have stopped leaving, hand the memory they held back (one trim per wave).
+        if self._trim is not None:
+            self._trim.cancel()
+        self._trim = asyncio.get_running_loop().call_later(TRIM_AFTER_S, self._trim_run)
+
+    def _trim_run(self) -> None:
+        self._trim = None
+        _malloc_trim()
+
+    def _fan_out(self, frame: str) -> None:
+        for sink in list(self.sinks):
+            sink.frame_deliver(frame)
 
     async def stop(self) -> None:
         """Stop the task now instead of at its next tick (event loop shutdown, tests)."""
@@ -103,9 +159,12 @@ class StatsBroadcaster:
                 await task
 
     def snapshot_frame(self) -> str:
+        """The snapshot of the last frame, rendered once for every socket that joins before the next."""
         assert self.state is not None
         state = self.state
-        return _json(
+        if self._snapshot is not None and self._snapshot[0] is state:
+            return self._snapshot[1]
+        frame = _json(
             {
                 "type": "snapshot",
                 "stats": state.stats,
@@ -113,6 +172,8 @@ class StatsBroadcaster:
                 "html": panels_render(stats=state.stats, batches=state.batches, messages=state.messages),
             }
         )
+        self._snapshot = (state, frame)
+        return frame
 
     async def _run(self) -> None:
         redis = redis_async_client()
@@ -175,14 +236,12 @@ class StatsBroadcaster:
         self.state = DashboardState(stats=stats, batches=batches, messages=messages, read_at=now)
         self._ready.set()
 
-        layer = get_channel_layer()
-        assert layer is not None
         if reset:
-            await layer.group_send(self.group, {"type": "snapshot", "frame": self.snapshot_frame()})
+            self._fan_out(self.snapshot_frame())
             return
         update = {"type": "stats_update", "stats": stats, "points": points,
                   "html": panels_render(stats=stats, batches=None, messages=None)}  # fmt: skip
-        await layer.group_send(self.group, {"type": "stats_update", "frame": _json(update)})
+        self._fan_out(_json(update))
         if new_batches > 0:
             event = {
                 "type": "batch_persisted",
@@ -190,7 +249,7 @@ class StatsBroadcaster:
                 "batches": read.recent_batches[: min(new_batches, RECENT_READ)],
                 "html": panels_render(stats=None, batches=batches, messages=messages),
             }
-            await layer.group_send(self.group, {"type": "batch_persisted", "frame": _json(event)})
+            self._fan_out(_json(event))
 
 
 _broadcasters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, StatsBroadcaster] = (

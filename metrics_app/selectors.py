@@ -37,6 +37,12 @@ def stats_snapshot(*, now: float | None = None) -> dict[str, Any]:
     redis = redis_connection()
     derived = metrics.derived_refresh(redis, now=now)
     snapshot: dict[str, Any] = {**counters_parse(redis.mget(COUNTER_KEYS)), **derived}
+    # Beside the live counters (best-effort: see messages_app/counters.py), the tables' counts
+    # at the last quiet moment and when that was.
+    reconciled = metrics.reconciled_read(redis)
+    snapshot["reconciled"] = (
+        None if reconciled is None else {key: reconciled[key] for key in ("messages", "dead_letters", "at")}
+    )
     snapshot["timestamp"] = now
     return snapshot
 

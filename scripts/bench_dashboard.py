@@ -8,13 +8,21 @@ socket received. With --traffic a worker runs and a client posts a batch of 100 
 half second, so batch_persisted events and table refreshes are part of the cost too.
 
     python scripts/bench_dashboard.py [--sockets 0,1,50] [--seconds 10] [--web-processes 1] [--traffic]
+
+With --flood N it measures instead what N sockets opened at once cost one web process: how many
+got their snapshot and a live frame (and how the others were refused), and the process's resident
+memory before, while they are open, and after they close, over --cycles rounds:
+
+    python scripts/bench_dashboard.py --flood 2000 [--cycles 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +36,7 @@ sys.path.insert(0, str(BASE_DIR))
 
 import aiohttp  # noqa: E402
 import httpx  # noqa: E402
+import psutil  # noqa: E402
 import redis  # noqa: E402
 
 from ingestor_site.embedded import EmbeddedPostgres, EmbeddedRedis  # noqa: E402
@@ -103,6 +112,71 @@ async def run(url: str, counts: list[int], seconds: float, client: redis.Redis, 
         )
 
 
+def web_rss_mb(web_pid: int) -> float:
+    """Resident memory of the web server's worker processes (granian's master aside), in MB."""
+    children = psutil.Process(web_pid).children(recursive=True)
+    return float(sum(child.memory_info().rss for child in children)) / 2**20
+
+
+async def flood_once(url: str, count: int, web_pid: int) -> dict[str, Any]:
+    """Open `count` sockets at once; wait for each to get a snapshot and a live frame, or be refused."""
+    ws_url = url.replace("http://", "ws://") + "/ws/stats"
+    live = asyncio.Event()
+    fed = 0
+    refused: Counter[str] = Counter()
+    release = asyncio.Event()
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+
+        async def reader() -> None:
+            nonlocal fed
+            try:
+                async with session.ws_connect(ws_url, origin=url, heartbeat=None) as socket:
+                    kinds = set()
+                    async for message in socket:
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        kinds.add(message.data[:40].split('"')[3])
+                        if {"snapshot", "stats_update"} <= kinds:
+                            fed += 1
+                            if fed == count:
+                                live.set()
+                            await release.wait()
+                            return
+                    refused[f"closed {socket.close_code}"] += 1
+            except (aiohttp.ClientError, OSError) as exc:
+                refused[type(exc).__name__] += 1
+            if fed + sum(refused.values()) == count:
+                live.set()
+
+        before = web_rss_mb(web_pid)
+        readers = [asyncio.create_task(reader()) for _ in range(count)]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(live.wait(), 60)
+        await asyncio.sleep(1.0)
+        during = web_rss_mb(web_pid)
+        release.set()
+        await asyncio.gather(*readers, return_exceptions=True)
+    await asyncio.sleep(5.0)  # the server notices the closes and its broadcaster stops
+    return {"fed": fed, "refused": dict(refused), "before": before, "during": during,
+            "after": web_rss_mb(web_pid)}  # fmt: skip
+
+
+def flood_run(url: str, count: int, cycles: int, web_pid: int) -> None:
+    print(
+        "| round | sockets fed (snapshot + live frame) | refused | web RSS before | while open | after close |"
+    )
+    print("|---:|---:|---|---:|---:|---:|")
+    for cycle in range(1, cycles + 1):
+        result = asyncio.run(flood_once(url, count, web_pid))
+        refused = ", ".join(f"{n} {why}" for why, n in result["refused"].items()) or "none"
+        print(
+            f"| {cycle} | {result['fed']:,} of {count:,} | {refused} | {result['before']:.0f} MB "
+            f"| {result['during']:.0f} MB | {result['after']:.0f} MB |",
+            flush=True,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,13 +185,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring window per socket count")
     parser.add_argument("--web-processes", type=int, default=1, help="web server processes")
     parser.add_argument("--traffic", action="store_true", help="run a worker and post 200 messages/s")
+    parser.add_argument("--flood", type=int, default=0, help="open this many sockets at once instead")
+    parser.add_argument("--cycles", type=int, default=3, help="rounds of --flood")
     args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 2 * args.flood + 1024)), hard))
     counts = [int(item) for item in args.sockets.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
         postgres = EmbeddedPostgres(Path(tmp) / "postgres").start()
         valkey = EmbeddedRedis(Path(tmp) / "redis", persistent=False).start()
         env = {**os.environ, "DATABASE_URL": postgres.url, "REDIS_URL": valkey.url}
+        if args.flood:  # the whole flood in one process, whatever the default limit
+            env["DASHBOARD_MAX_SOCKETS"] = str(max(args.flood, 1))
         stack = WebAndWorkers(env=env, log_dir=Path(tmp))
         try:
             for command in (["migrate", "--noinput", "-v", "0"], ["collectstatic", "--noinput", "-v", "0"]):
@@ -125,6 +205,11 @@ def main() -> int:
             stack.web_start(args.web_processes)
             if args.traffic:
                 stack.worker_start(f"bench-dashboard-{stack.port}")
+            if args.flood:
+                assert stack.web is not None
+                print(f"{args.flood:,} sockets at once, {args.web_processes} web process(es):")
+                flood_run(stack.url, args.flood, args.cycles, stack.web.pid)
+                return 0
             client = redis.Redis.from_url(valkey.url)
             mode = "with 200 msg/s of traffic and one worker" if args.traffic else "idle pipeline"
             print(f"{args.web_processes} web process(es), {mode}, {args.seconds:.0f} s windows:")

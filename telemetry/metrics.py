@@ -33,6 +33,8 @@ SECOND_KEY_PREFIX = "ingestor:second:"
 # Written by partition maintenance: rows in the default partition, and the end of the last partition.
 PARTITIONS_DEFAULT_ROWS = "ingestor:partitions:default_rows"
 PARTITIONS_COVERED_UNTIL = "ingestor:partitions:covered_until"
+# The tables' counts at the last reconciliation, and when (a hash: messages, dead_letters, batches, at).
+RECONCILED = "ingestor:counters:reconciled"
 
 # The keys a reset clears (the rq queue itself is left alone: those jobs are acknowledged).
 RESET_KEYS = (
@@ -48,6 +50,7 @@ RESET_KEYS = (
     LATENCY_HISTOGRAM,
     LAST_BATCH,
     RECENT_BATCHES,
+    RECONCILED,
 )
 
 # Upper bounds (ms) of the latency histogram's buckets; one more bucket holds everything above.
@@ -227,6 +230,32 @@ def totals_set(redis: Any, *, messages: int, dead_letters: int) -> None:
     """Set the persisted-message and dead-letter counters to the tables' counts. A job killed
     between its commit and its metrics leaves them short; this puts them right."""
     with redis.pipeline() as pipe:
-        pipe.set(TOTAL_MESSAGES, messages)
-        pipe.set(TOTAL_DEAD_LETTERS, dead_letters)
+        totals_queue(pipe, messages=messages, dead_letters=dead_letters)
         pipe.execute()
+
+
+def totals_queue(pipe: Any, *, messages: int, dead_letters: int) -> None:
+    """Queue totals_set's writes onto a pipeline (a transaction of the caller's)."""
+    pipe.set(TOTAL_MESSAGES, messages)
+    pipe.set(TOTAL_DEAD_LETTERS, dead_letters)
+
+
+def reconciled_record(pipe: Any, *, messages: int, dead_letters: int, batches: int, at: float) -> None:
+    """Queue the tables' counts at `at` (and total_batches then) onto a pipeline."""
+    pipe.hset(
+        RECONCILED, mapping={"messages": messages, "dead_letters": dead_letters, "batches": batches, "at": at}
+    )
+
+
+def reconciled_read(redis: Any) -> dict[str, Any] | None:
+    """The last reconciliation's counts and time, or None before the first."""
+    values = redis.hgetall(RECONCILED)
+    if not values:
+        return None
+    fields = {key.decode() if isinstance(key, bytes) else key: value for key, value in values.items()}
+    return {
+        "messages": int(fields["messages"]),
+        "dead_letters": int(fields["dead_letters"]),
+        "batches": int(fields["batches"]),
+        "at": float(fields["at"]),
+    }

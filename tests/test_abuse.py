@@ -3,7 +3,9 @@ granian server (the command `make run` runs) on loopback, with bounded floods.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import resource
 import select
@@ -12,9 +14,11 @@ import socket
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import httpx
 import psutil
 import psycopg
@@ -441,3 +445,52 @@ def test_the_dashboard_of_a_staff_session_still_shows_while_postgres_is_down(
             assert 'hx-delete="/reset"' not in page.text
     finally:
         stack.stop()
+
+
+# --- dashboard sockets: a flood at once, and past the limit -----------------------------------
+
+
+async def _sockets_flood(url: str, count: int) -> Counter[str]:
+    """Open `count` dashboard sockets at once; what each got: "fed" (snapshot, then a live
+    frame) or the code it was closed with."""
+    outcome: Counter[str] = Counter()
+    everyone_done = asyncio.Event()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def reader() -> None:
+            async with session.ws_connect(url.replace("http", "ws") + "/ws/stats", origin=url) as socket:
+                kinds = []
+                async for frame in socket:
+                    if frame.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    kinds.append(json.loads(frame.data)["type"])
+                    if kinds[0] == "snapshot" and "stats_update" in kinds[1:]:
+                        outcome["fed"] += 1
+                        break
+                else:
+                    outcome[f"closed {socket.close_code}"] += 1
+                # Held open until all are counted, so the limit counts every socket at once.
+                if sum(outcome.values()) == count:
+                    everyone_done.set()
+                await asyncio.wait_for(everyone_done.wait(), 60)
+
+        await asyncio.wait_for(asyncio.gather(*(reader() for _ in range(count))), 90)
+    return outcome
+
+
+def test_hundreds_of_dashboard_sockets_opened_at_once_all_get_the_feed(shared_stack: StackFactory) -> None:
+    """One web process; a channel-layer group_add per socket once failed past ~200 at once."""
+    stack = shared_stack()
+    stack.web_start(1)
+    assert asyncio.run(_sockets_flood(stack.url, 600)) == {"fed": 600}
+    answers(stack)
+
+
+def test_past_the_socket_limit_dashboard_sockets_are_closed_with_try_again_later(
+    shared_stack: StackFactory,
+) -> None:
+    stack = shared_stack(DASHBOARD_MAX_SOCKETS="250")
+    stack.web_start(1)
+    assert asyncio.run(_sockets_flood(stack.url, 300)) == {"fed": 250, "closed 1013": 50}
+    # The sockets are gone: the process has room again.
+    assert asyncio.run(_sockets_flood(stack.url, 250)) == {"fed": 250}

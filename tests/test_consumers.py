@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis as redis_lib
 from asgiref.sync import sync_to_async
-from channels.layers import channel_layers, get_channel_layer
+from channels.layers import channel_layers
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from rq.serializers import JSONSerializer
@@ -26,6 +26,7 @@ from messages_app import services
 from messages_app.worker import IngestWorker
 from metrics_app import broadcaster as broadcaster_module
 from metrics_app.broadcaster import broadcaster_for_loop
+from metrics_app.consumers import OUTBOX_FRAMES, StatsConsumer
 from metrics_app.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -219,22 +220,70 @@ async def test_many_sockets_share_one_redis_read_per_frame() -> None:
     assert broadcaster.subscribers == 0
 
 
-async def test_an_idle_socket_outlives_the_redis_client_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    """redis-py 8's 5 s socket timeout made channels-redis drop sockets idle for ~5 s (#422)."""
-    # One frame at start, then the broadcaster sleeps: the socket's channel-layer read is idle.
+async def test_an_idle_socket_stays_open_and_still_gets_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Redis read sits under the socket (once, channels-redis dropped sockets idle ~5 s, #422)."""
+    # One frame at start, then the broadcaster sleeps: nothing moves on the socket.
     monkeypatch.setattr(broadcaster_module, "FRAME_INTERVAL_S", 3600.0)
     communicator = _communicator()
     await communicator.connect()
     assert (await _frame(communicator))["type"] == "snapshot"
     assert (await _frame(communicator))["type"] == "stats_update"
     assert await communicator.receive_nothing(timeout=7.5)
-    # Past the old timeout the socket is open and its channel still delivers.
     probe = '{"type":"stats_update","probe":true}'
-    await get_channel_layer().group_send(
-        broadcaster_for_loop().group, {"type": "stats_update", "frame": probe}
-    )
+    broadcaster_for_loop()._fan_out(probe)
     assert await communicator.receive_from(timeout=5) == probe
     await communicator.disconnect()
+
+
+async def test_past_the_socket_limit_a_socket_is_closed_with_try_again_later(
+    settings: Any,
+) -> None:
+    settings.DASHBOARD_MAX_SOCKETS = 2
+    sockets = [_communicator() for _ in range(2)]
+    for communicator in sockets:
+        assert (await communicator.connect())[0]
+        assert (await _frame(communicator))["type"] == "snapshot"
+    extra = _communicator()
+    assert (await extra.connect())[0]
+    closed = await extra.receive_output(timeout=5)
+    assert closed == {
+        "type": "websocket.close",
+        "code": 1013,
+        "reason": "dashboard socket limit of this server",
+    }
+    assert broadcaster_for_loop().subscribers == 2
+    # A place freed is a place taken.
+    await sockets[0].disconnect()
+    again = _communicator()
+    assert (await again.connect())[0]
+    assert (await _frame(again))["type"] == "snapshot"
+    for communicator in (sockets[1], again):
+        await communicator.disconnect()
+
+
+async def test_a_socket_whose_frames_pile_up_unsent_is_closed_and_the_others_are_fed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(broadcaster_module, "FRAME_INTERVAL_S", 3600.0)
+    broadcaster = broadcaster_for_loop()
+    slow, fast = _communicator(), _communicator()
+    await slow.connect()
+    (slow_consumer,) = broadcaster.sinks
+    await fast.connect()
+    for communicator in (slow, fast):
+        assert (await _frame(communicator))["type"] == "snapshot"
+        assert (await _frame(communicator))["type"] == "stats_update"
+    assert isinstance(slow_consumer, StatsConsumer) and slow_consumer.sender is not None
+    slow_consumer.sender.cancel()  # this client stops reading: nothing leaves its outbox
+    for index in range(OUTBOX_FRAMES + 1):
+        broadcaster._fan_out(f'{{"type":"stats_update","n":{index}}}')
+        await asyncio.sleep(0.01)
+    assert slow_consumer not in broadcaster.sinks
+    assert broadcaster.subscribers == 1
+    assert (await slow.receive_output(timeout=5))["code"] == 4008
+    received = [json.loads(await fast.receive_from(timeout=5))["n"] for _ in range(OUTBOX_FRAMES + 1)]
+    assert received == list(range(OUTBOX_FRAMES + 1))
+    await fast.disconnect()
 
 
 async def test_refuses_a_socket_opened_from_another_site() -> None:
