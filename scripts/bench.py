@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from string import Template
@@ -34,7 +34,9 @@ from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
+sys.path.insert(0, str(BASE_DIR / "scripts"))
 
+import bench_limits  # noqa: E402
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 import psycopg  # noqa: E402
@@ -337,7 +339,7 @@ def scenarios_run(stack: Stack, database_url: str, redis_url: str, runs: int) ->
     # Capacity: what the pipeline sustains end to end (stored, not just acknowledged).
     capacity = stress.median(persisted) or stress.median(throughput) or 500.0
     half_rate = max(50, round(capacity * 0.5 / 50) * 50)
-    for share in (0.9, 0.5, 0.25):
+    for share in (0.9, 0.5, 0.25, 0.1):
         rate = max(50, round(capacity * share / 50) * 50)
         scenario(f"open model {rate:,} msg/s ({share:.0%})", "--rate", str(rate), "--duration", "20s",
                  "--concurrent", "200", "--verify")  # fmt: skip
@@ -387,11 +389,82 @@ def ceiling_measure(
     return ceiling
 
 
-def benchmark_run(runs: int) -> tuple[dict[str, Scenario], dict[str, list[dict[str, float]]]]:
-    """Fresh services and stack; the scenarios, then the generator's ceiling."""
+@dataclass
+class Limits:
+    """The figures of the goals against this machine's own limits (scripts/bench_limits.py)."""
+
+    light: list[bench_limits.LightLoad] = field(default_factory=list)
+    batch: list[bench_limits.BatchVsCopy] = field(default_factory=list)
+    workers: list[bench_limits.Sustained] = field(default_factory=list)
+    stages: dict[str, Any] = field(default_factory=dict)  # workload -> median Budget, as a dict
+
+
+WORKER_COUNTS = (1, 2, 4)
+
+
+def limits_measure(
+    stack: Stack, database_url: str, redis_url: str, runs: int, post_lua: Path, batch_lua: Path
+) -> Limits:
+    """Light-load latency, the batch path against COPY, the worker table and the stage budget."""
+    import bench_stages  # noqa: PLC0415  # it imports this module
+
+    limits = Limits()
+
+    def fresh() -> None:
+        drain_wait(stack.url)
+        state_reset(database_url, redis_url)
+
+    groups: bench_limits.ProcessGroups = {
+        "web": lambda: bench_limits.process_tree(stack.web.pid) if stack.web else [],
+        "workers": lambda: [
+            proc for worker in stack.workers for proc in bench_limits.process_tree(worker.pid)
+        ],
+        "PostgreSQL": lambda: bench_limits.process_tree(bench_stages.listener_pid(database_url)),
+        "Redis": lambda: bench_limits.process_tree(bench_stages.listener_pid(redis_url)),
+    }
+
+    def sustained(workers: int) -> bench_limits.Sustained:
+        fresh()
+        return bench_limits.sustained_batch(stack.url, database_url, workers=workers, wrk=wrk,
+                                            batch_lua=batch_lua, groups=groups,
+                                            drain=lambda: drain_wait(stack.url))  # fmt: skip
+
+    for index in range(runs):
+        light = bench_limits.light_load(stack.url, wrk=wrk, post_lua=post_lua, fresh=fresh)
+        limits.light.append(light)
+        fresh()
+        copied = bench_limits.copy_rate(database_url)
+        compared = bench_limits.BatchVsCopy(copy_rows_per_s=copied, pipeline=sustained(1))
+        limits.batch.append(compared)
+        say(f"limits run {index + 1}/{runs}: one connection p50 {light.post['p50']:.2f} against "
+            f"{light.noop['p50']:.2f} ms ({light.ratio:.1f}x); batch {compared.pipeline.persisted_per_s:,.0f} "
+            f"persisted against COPY {copied:,.0f} rows/s ({compared.ratio:.2f})")  # fmt: skip
+    for count in WORKER_COUNTS:
+        stack.workers_set(count)
+        limits.workers.append(sustained(count))
+        say(f"{count} worker(s): {limits.workers[-1].persisted_per_s:,.0f} msg/s persisted")
+    stack.workers_set(1)
+    for name, workload in bench_stages.WORKLOADS.items():
+        budgets = []
+        for _ in range(runs):
+            fresh()
+            budgets.append(bench_stages.stage_budget(stack, database_url, redis_url, workload))
+        limits.stages[name] = asdict(bench_stages.budgets_median(budgets))
+        say(f"stage budget, {name}: {bench_stages.budgets_median(budgets).total:,.1f} µs a message")
+    return limits
+
+
+def benchmark_run(
+    runs: int,
+) -> tuple[dict[str, Scenario], dict[str, list[dict[str, float]]], Limits]:
+    """Fresh services and stack; the scenarios, the generator's ceiling, then the limits."""
+    import bench_stages  # noqa: PLC0415  # it imports this module
+
     with tempfile.TemporaryDirectory() as scratch, services() as (database_url, redis_url):
         post_lua = Path(scratch) / "post.lua"
         post_lua.write_text(POST_LUA)
+        batch_lua = Path(scratch) / "batch.lua"
+        batch_lua.write_text(bench_stages.BATCH_LUA)
         log_dir = DATA_DIR / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(  # noqa: S603
@@ -405,9 +478,10 @@ def benchmark_run(runs: int) -> tuple[dict[str, Scenario], dict[str, list[dict[s
             load_test(stack.url, database_url, "--messages", "2000", "--concurrent", "50")
             results = scenarios_run(stack, database_url, redis_url, runs)
             ceiling = ceiling_measure(stack, database_url, redis_url, runs, post_lua)
+            limits = limits_measure(stack, database_url, redis_url, runs, post_lua, batch_lua)
         finally:
             stack.stop()
-    return results, ceiling
+    return results, ceiling, limits
 
 
 def arguments_parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -420,6 +494,10 @@ def arguments_parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--output", type=Path, default=BASE_DIR / "BENCHMARKS.md", help="where to write the report"
     )
+    parser.add_argument(
+        "--stages-before", type=Path, default=STAGES_BEFORE,
+        help="`scripts/bench_stages.py --json` of the code before, for the stage budget's before column",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -434,7 +512,11 @@ def main() -> int:
     watch = NeighbourWatch()
     watch.start()
     load_before = os.getloadavg()
-    results, ceiling = benchmark_run(args.runs)
+    import bench_memory  # noqa: PLC0415  # it imports this module
+
+    say("memory: `make run`'s own stack at rest, after a load, settled")
+    memory = bench_memory.measure(load_seconds=10, connections=64)
+    results, ceiling, limits = benchmark_run(args.runs)
     watch.stop()
     minutes = (time.monotonic() - started) / 60
     report = Report(
@@ -447,6 +529,9 @@ def main() -> int:
         load_before=load_before[0],
         load_after=os.getloadavg()[0],
         generated_at=datetime.now(tz=UTC),
+        limits=limits,
+        memory=memory["phases"],
+        stages_before=stages_before_load(args.stages_before),
     )
     args.output.write_text(report_render(report) + kept_sections(args.output))
     say(f"wrote {args.output} in {minutes:.1f} min")
@@ -481,6 +566,18 @@ def _ceiling_figures(run: Run) -> dict[str, float]:
 # --- the report ----------------------------------------------------------------------------------
 
 REPORT_TEMPLATE = BASE_DIR / "scripts" / "templates" / "BENCHMARKS.md.tmpl"
+# The stage budget of the code before this round's changes, measured in the same sitting as the
+# committed BENCHMARKS.md (`python scripts/bench_stages.py --json` on that revision).
+STAGES_BEFORE = BASE_DIR / "scripts" / "baselines" / "stages-before.json"
+
+
+def stages_before_load(path: Path | None) -> dict[str, Any] | None:
+    if path is None or not path.exists():
+        return None
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
+
+
 # The one sentence of the report that depends on what was measured, in its two forms.
 NEIGHBOURS_BUSY = Template(
     "- **Other processes were running** (other work on this shared machine): sampled for 2 s every "
@@ -520,6 +617,9 @@ class Report:
     load_before: float
     load_after: float
     generated_at: datetime
+    limits: Limits | None = None
+    memory: dict[str, Any] | None = None  # phase -> bench_memory.ProcessMemory list
+    stages_before: dict[str, Any] | None = None
 
 
 def report_render(report: Report) -> str:
@@ -541,7 +641,43 @@ def report_render(report: Report) -> str:
         scenario_rows="\n".join(scenario_rows(report.scenarios)),
         target_rows="\n".join(target_rows(report.scenarios)),
         ceiling_rows="\n".join(ceiling_rows(report.ceiling)),
+        **limits_fields(report),
     )
+
+
+def limits_fields(report: Report) -> dict[str, str]:
+    """The template's fields for the goals against the machine's limits."""
+    import bench_memory  # noqa: PLC0415  # it imports this module
+
+    limits = report.limits or Limits()
+    memory_rss = None
+    memory_table = "(not measured)"
+    if report.memory:
+        rest = report.memory.get("at rest") or []
+        memory_rss = sum(item.rss for item in rest) / bench_memory.MB
+        memory_table = bench_memory.memory_table(report.memory)
+    before = report.stages_before
+    stage_header = " | ".join(bench_stages_name(name) for name in limits.stages)
+    return {
+        "goal_rows": "\n".join(
+            bench_limits.goal_rows(
+                light=limits.light, ceiling=report.ceiling, batch=limits.batch, memory_rss_mb=memory_rss
+            )
+        ),  # fmt: skip
+        "light_rows": "\n".join(bench_limits.light_rows(limits.light)),
+        "worker_rows": "\n".join(bench_limits.worker_rows(limits.workers, report.machine["cpus"])),
+        "memory_table": memory_table,
+        "stage_header": stage_header,
+        "stage_align": "---:|" * len(limits.stages),
+        "stage_rows": "\n".join(bench_limits.stage_rows(before, limits.stages)) if limits.stages else "",
+        "stages_before_note": (before or {}).get("note", "no earlier budget was given (`--stages-before`)"),
+    }
+
+
+def bench_stages_name(name: str) -> str:
+    import bench_stages  # noqa: PLC0415  # it imports this module
+
+    return bench_stages.WORKLOADS[name].name if name in bench_stages.WORKLOADS else name
 
 
 def neighbours_lines(neighbours: Neighbours, *, cpus: int) -> str:

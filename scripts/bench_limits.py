@@ -1,17 +1,19 @@
 """The pipeline against this machine's own limits, for `make bench` (scripts/bench.py).
 
-Each figure is a ratio taken in one sitting, so it holds on a noisy machine:
+Each goal is a ratio taken in one sitting, so it holds on a noisy machine:
 - light load: one connection's `POST /messages` p50 against the no-op's (`GET /health/live`);
+- the single-message path: `POST /messages` req/s against the no-op's, 64 connections;
 - the batch path: messages persisted end to end a second, over a sustained load and its drain,
   against what PostgreSQL takes with binary `COPY` into the same table and indexes;
-- the worker table: the same batch load with 1, 2 and 4 workers, and which process saturates.
+- the worker table: the same batch load with 1, 2 and 4 workers, and where the CPU went.
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +23,16 @@ import psutil
 import psycopg
 import uuid6
 
-# The columns COPY fills, in the order it sends them.
+WrkRun = Callable[..., dict[str, float]]
+
+LIGHT_LOAD_GOAL = 3.0  # POST p50 <= 3x the no-op's, one connection
+SINGLE_PATH_GOAL = 0.5  # POST req/s >= 0.5 of the no-op's, 64 connections
+BATCH_PATH_GOAL = 0.8  # persisted msg/s >= 0.8 of COPY's rows/s, one worker
+MEMORY_GOAL_MB = 250.0  # `make run` at rest, RSS of every process
+
+SUSTAINED_S = 10
+SUSTAINED_CONNECTIONS = 8
+
 _COPY_SQL = (
     "COPY messages (id, user_id, channel_id, content, created_at, inserted_at) FROM STDIN (FORMAT BINARY)"
 )
@@ -30,18 +41,12 @@ _COPY_TYPES = ["uuid", "int8", "int8", "text", "timestamptz", "timestamptz"]
 
 def copy_rate(database_url: str, *, rows: int = 300_000, chunk: int = 5_000) -> float:
     """Rows a second PostgreSQL takes with binary COPY into `messages` (same table, same indexes),
-    one writer, one transaction per `chunk` rows (the worker's largest transaction); the table is
-    emptied before and after. The rows are built before the clock starts."""
+    one writer, a transaction per `chunk` rows (the worker's largest transaction). The rows are
+    built before the clock starts; the table is emptied before and after."""
     now = datetime.now(tz=UTC)
     data = [
-        (
-            uuid6.uuid7(),  # as the API mints them: each row lands in today's partition
-            1 + index % 10_000,
-            1 + index % 100,
-            f"copy message {index}",
-            now,
-            now,
-        )
+        # UUIDv7s of now, as the API mints them: every row lands in today's partition.
+        (uuid6.uuid7(), 1 + index % 10_000, 1 + index % 100, f"wrk batch message {index % 1000}", now, now)
         for index in range(rows)
     ]
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -57,16 +62,6 @@ def copy_rate(database_url: str, *, rows: int = 300_000, chunk: int = 5_000) -> 
     return rows / elapsed
 
 
-@dataclass(frozen=True)
-class Sustained:
-    """A sustained batch load and its drain."""
-
-    workers: int
-    accepted: int  # messages stored by the end of the drain
-    persisted_per_s: float  # stored / (last commit - first receipt)
-    cpu_percent: dict[str, float]  # process group -> % of one core, over the load and its drain
-
-
 def persisted_figures(database_url: str) -> tuple[int, float]:
     """Rows in `messages`, and their rate from the first receipt to the last commit."""
     with psycopg.connect(database_url) as conn:
@@ -78,34 +73,9 @@ def persisted_figures(database_url: str) -> tuple[int, float]:
     return count, (count / span if span > 0 else 0.0)
 
 
-class CpuWatch:
-    """CPU used by named groups of processes between start() and stop(), in % of one core."""
+# --- CPU of groups of processes ------------------------------------------------------------------
 
-    def __init__(self, groups: dict[str, Callable[[], list[psutil.Process]]]) -> None:
-        self.groups = groups
-        self._before: dict[tuple[str, int], float] = {}
-        self._started = 0.0
-
-    def _read(self) -> dict[tuple[str, int], float]:
-        seen: dict[tuple[str, int], float] = {}
-        for name, find in self.groups.items():
-            for process in find():
-                with contextlib.suppress(psutil.Error):
-                    times = process.cpu_times()
-                    seen[(name, process.pid)] = times.user + times.system
-        return seen
-
-    def start(self) -> None:
-        self._before = self._read()
-        self._started = time.monotonic()
-
-    def stop(self) -> dict[str, float]:
-        after = self._read()
-        elapsed = time.monotonic() - self._started
-        used: dict[str, float] = dict.fromkeys(self.groups, 0.0)
-        for (name, pid), seconds in after.items():
-            used[name] += seconds - self._before.get((name, pid), 0.0)
-        return {name: 100.0 * seconds / elapsed for name, seconds in used.items()}
+ProcessGroups = dict[str, Callable[[], list[psutil.Process]]]
 
 
 def process_tree(pid: int) -> list[psutil.Process]:
@@ -115,42 +85,201 @@ def process_tree(pid: int) -> list[psutil.Process]:
     return []
 
 
-def listening_tree(port: int) -> list[psutil.Process]:
-    """The process listening on `port` (an embedded server) and its children."""
-    for connection in psutil.net_connections(kind="tcp"):
-        if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port:
-            if connection.pid is not None:
-                return process_tree(connection.pid)
-    return []
+def _cpu_read(groups: ProcessGroups) -> dict[tuple[str, int], float]:
+    seen: dict[tuple[str, int], float] = {}
+    for name, find in groups.items():
+        for process in find():
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                seen[(name, process.pid)] = times.user + times.system
+    return seen
 
 
 @contextlib.contextmanager
-def watching(groups: dict[str, Callable[[], list[psutil.Process]]]) -> Iterator[dict[str, float]]:
-    """CPU % per group over the block, filled in when it ends."""
+def cpu_watched(groups: ProcessGroups) -> Any:
+    """CPU each group used over the block, in % of one core: a dict filled in when it ends."""
     figures: dict[str, float] = {}
-    watch = CpuWatch(groups)
-    watch.start()
+    before, started = _cpu_read(groups), time.monotonic()
     try:
         yield figures
     finally:
-        figures.update(watch.stop())
+        after, elapsed = _cpu_read(groups), time.monotonic() - started
+        figures["elapsed_s"] = elapsed
+        for name in groups:
+            used = sum(seconds - before.get(key, 0.0) for key, seconds in after.items() if key[0] == name)
+            figures[name] = 100.0 * used / elapsed
 
 
-def write_lua(scratch: Path, name: str, text: str) -> Path:
-    path = scratch / name
-    path.write_text(text)
-    return path
+# --- the measurements ------------------------------------------------------------------------------
 
 
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if not numerator or not denominator:
-        return None
-    return numerator / denominator
+@dataclass(frozen=True)
+class LightLoad:
+    """One connection, closed loop: the no-op and POST /messages on the same server."""
+
+    noop: dict[str, float]
+    post: dict[str, float]
+
+    @property
+    def ratio(self) -> float:
+        return self.post["p50"] / self.noop["p50"]
 
 
-def median_of(figures: list[dict[str, Any]], key: str) -> float | None:
-    values = sorted(float(entry[key]) for entry in figures if entry.get(key) is not None)
+def light_load(url: str, *, wrk: WrkRun, post_lua: Path, fresh: Callable[[], None]) -> LightLoad:
+    fresh()
+    noop = wrk(f"{url}/health/live", connections=1, duration_s=5)
+    post = wrk(f"{url}/messages", connections=1, duration_s=5, script=post_lua)
+    return LightLoad(noop=noop, post=post)
+
+
+@dataclass(frozen=True)
+class Sustained:
+    """A sustained batch load (wrk, 1,000 messages a request) and its drain."""
+
+    workers: int
+    stored: int
+    persisted_per_s: float  # stored / (last commit - first receipt)
+    acknowledged_per_s: float  # during the load
+    cpu_percent: dict[str, float]  # process group -> % of one core, over the load and its drain
+
+
+def sustained_batch(
+    url: str,
+    database_url: str,
+    *,
+    workers: int,
+    wrk: WrkRun,
+    batch_lua: Path,
+    groups: ProcessGroups,
+    drain: Callable[[], None],
+) -> Sustained:
+    """SUSTAINED_S of batch requests on SUSTAINED_CONNECTIONS connections, then the drain, from an
+    empty table."""
+    with cpu_watched(groups) as cpu:
+        load = wrk(f"{url}/messages/batch", connections=SUSTAINED_CONNECTIONS, duration_s=SUSTAINED_S,
+                   script=batch_lua)  # fmt: skip
+        drain()
+    stored, rate = persisted_figures(database_url)
+    # wrk is gone by now: its share comes from its own CPU time over the load.
+    cpu["wrk"] = load["cpu_percent"] * SUSTAINED_S / cpu.pop("elapsed_s")
+    return Sustained(
+        workers=workers,
+        stored=stored,
+        persisted_per_s=rate,
+        acknowledged_per_s=load["requests_per_s"] * 1000,
+        cpu_percent=cpu,
+    )
+
+
+@dataclass(frozen=True)
+class BatchVsCopy:
+    copy_rows_per_s: float
+    pipeline: Sustained
+
+    @property
+    def ratio(self) -> float:
+        return self.pipeline.persisted_per_s / self.copy_rows_per_s
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _spread(values: list[float], digits: int = 0) -> str:
     if not values:
-        return None
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+        return "–"
+    return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}–{max(values):,.{digits}f})"
+
+
+def goal_rows(
+    *,
+    light: list[LightLoad],
+    ceiling: dict[str, list[dict[str, float]]],
+    batch: list[BatchVsCopy],
+    memory_rss_mb: float | None,
+) -> list[str]:
+    """The goals table: each goal, the ratio measured in one sitting, and whether it is met."""
+    rows = []
+    if light:
+        ratios = [run.ratio for run in light]
+        post = _median([run.post["p50"] for run in light])
+        noop = _median([run.noop["p50"] for run in light])
+        worst = max(ratios)
+        rows.append(
+            f"| light load: one connection's `POST /messages` p50 ≤ {LIGHT_LOAD_GOAL:g}× the no-op's "
+            f"| {_spread(ratios, 1)}× ({post:.2f} against {noop:.2f} ms) "
+            f"| {'yes' if worst <= LIGHT_LOAD_GOAL else 'no'} |"
+        )
+    posts, noops = ceiling.get("wrk POST /messages", []), ceiling.get("wrk GET /health/live", [])
+    if posts and noops:
+        ratios = [
+            post["requests_per_s"] / noop["requests_per_s"] for post, noop in zip(posts, noops, strict=False)
+        ]
+        rows.append(
+            f"| single-message path: `POST /messages` req/s ≥ {SINGLE_PATH_GOAL:g} of the no-op's (wrk, 64 "
+            f"connections) | {_spread(ratios, 2)} | {'yes' if min(ratios) >= SINGLE_PATH_GOAL else 'no'} |"
+        )
+    if batch:
+        ratios = [run.ratio for run in batch]
+        persisted = _median([run.pipeline.persisted_per_s for run in batch])
+        copied = _median([run.copy_rows_per_s for run in batch])
+        rows.append(
+            f"| batch path: persisted msg/s (10 s load + drain, 1 worker) ≥ {BATCH_PATH_GOAL:g} of COPY's rows/s "
+            f"| {_spread(ratios, 2)} ({persisted:,.0f} against {copied:,.0f}) "
+            f"| {'yes' if min(ratios) >= BATCH_PATH_GOAL else 'no'} |"
+        )
+    if memory_rss_mb is not None:
+        rows.append(
+            f"| `make run` at rest ≤ {MEMORY_GOAL_MB:.0f} MB RSS, every process | {memory_rss_mb:,.0f} MB "
+            f"| {'yes' if memory_rss_mb <= MEMORY_GOAL_MB else 'no'} |"
+        )
+    return rows
+
+
+def light_rows(light: list[LightLoad]) -> list[str]:
+    rows = []
+    for label, pick in (("`GET /health/live` (no-op)", "noop"), ("`POST /messages`", "post")):
+        runs = [getattr(run, pick) for run in light]
+        rows.append(
+            f"| {label} | {_spread([run['requests_per_s'] for run in runs])} "
+            f"| {_spread([run['p50'] for run in runs], 2)} | {_spread([run['p99'] for run in runs], 2)} |"
+        )
+    return rows
+
+
+def worker_rows(table: list[Sustained], cores: int) -> list[str]:
+    rows = []
+    for run in table:
+        cpu = run.cpu_percent
+        total = sum(cpu.values())
+        busiest = max(cpu, key=lambda name: cpu[name])
+        rows.append(
+            f"| {run.workers} | {run.persisted_per_s:,.0f} | {run.acknowledged_per_s:,.0f} "
+            f"| {cpu.get('web', 0):.0f}% | {cpu.get('workers', 0):.0f}% | {cpu.get('PostgreSQL', 0):.0f}% "
+            f"| {cpu.get('Redis', 0):.0f}% | {cpu.get('wrk', 0):.0f}% | {total:.0f}% of {cores * 100}% | {busiest} |"
+        )
+    return rows
+
+
+def stage_rows(before: dict[str, Any] | None, after: dict[str, Any]) -> list[str]:
+    """Stage by stage, µs of CPU a message, before and after, for each workload (medians)."""
+    names = list(after)
+    rows = []
+    stages = list(after[names[0]]["stages"])
+    for stage in [*stages, "total"]:
+        cells = []
+        for name in names:
+            now = (
+                after[name]["stages"].get(stage) if stage != "total" else sum(after[name]["stages"].values())
+            )
+            then = None
+            if before and name in before:
+                then_stages = before[name]["median"]["stages"]
+                then = then_stages.get(stage) if stage != "total" else sum(then_stages.values())
+            cells.append(f"{'–' if then is None else f'{then:,.1f}'} → {now:,.1f}")
+        label = f"**{stage}**" if stage == "total" else stage
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return rows
