@@ -51,8 +51,8 @@ test: lint
 test-fast: lint
 	$(PY) -m ingestor_site.stack exec -- $(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
-# Regenerates BENCHMARKS.md (own embedded PostgreSQL/Redis, the load generator and wrk; ~10 min).
-bench: install
+# Regenerates BENCHMARKS.md (own embedded PostgreSQL/Redis, the load generator, wrk and py-spy; ~25 min).
+bench: install-test
 	$(PY) scripts/bench.py
 
 clean:
