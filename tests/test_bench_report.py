@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 import sys
@@ -131,3 +132,37 @@ def test_a_regeneration_keeps_the_sections_other_scripts_wrote(bench: ModuleType
     assert bench.kept_sections(tmp_path / "missing.md") == ""
     report.write_text("# a report without other sections\n")
     assert bench.kept_sections(report) == ""
+
+
+def test_the_goals_are_ratios_of_figures_from_the_same_run(bench: ModuleType) -> None:
+    limits_module = sys.modules["bench_limits"]
+    light = [
+        limits_module.LightLoad(noop={"requests_per_s": 4_000.0, "p50": 0.25, "p99": 0.6},
+                                post={"requests_per_s": 1_300.0, "p50": 0.70, "p99": 2.0}),
+        limits_module.LightLoad(noop={"requests_per_s": 3_000.0, "p50": 0.20, "p99": 0.6},
+                                post={"requests_per_s": 900.0, "p50": 0.80, "p99": 2.0}),
+    ]  # fmt: skip
+    pipeline = limits_module.Sustained(workers=1, stored=400_000, persisted_per_s=40_000.0,
+                                       acknowledged_per_s=60_000.0,
+                                       cpu_percent={"web": 90.0, "workers": 30.0, "PostgreSQL": 60.0,
+                                                    "Redis": 2.0, "wrk": 1.0})  # fmt: skip
+    report = _report(bench, busy=[])
+    report.ceiling["wrk POST /messages"] = [
+        {"requests_per_s": 8_000.0, "p50": 8.0, "p99": 20.0, "non_2xx": 0.0, "cpu_percent": 19.0},
+        {"requests_per_s": 7_000.0, "p50": 8.0, "p99": 20.0, "non_2xx": 0.0, "cpu_percent": 19.0},
+        {"requests_per_s": 9_000.0, "p50": 8.0, "p99": 20.0, "non_2xx": 0.0, "cpu_percent": 19.0},
+    ]
+    limits = bench.Limits(
+        light=light,
+        batch=[limits_module.BatchVsCopy(copy_rows_per_s=100_000.0, pipeline=pipeline)],
+        workers=[pipeline],
+    )
+    text = bench.report_render(dataclasses.replace(report, limits=limits))
+
+    # 0.70 / 0.25 = 2.8x and 0.80 / 0.20 = 4.0x: the worse run misses the goal.
+    assert "| 3.4 (2.8–4.0)× (0.75 against 0.23 ms) | no |" in text
+    # POST over the no-op, run by run: 8,000 / 15,050, 7,000 / 15,508, 9,000 / 16,814.
+    assert "| 0.53 (0.45–0.54) | no |" in text
+    assert "| 0.40 (0.40–0.40) (40,000 against 100,000) | no |" in text
+    assert "| 1 | 40,000 | 60,000 | 90% | 30% | 60% | 2% | 1% | 183% of 200% | web |" in text
+    assert "$" not in text
