@@ -501,10 +501,17 @@ def arguments_parse(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def wrk_missing() -> bool:
+    """True (and says so) when wrk is not installed."""
+    if shutil.which("wrk") is not None:
+        return False
+    say("wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)")
+    return True
+
+
 def main() -> int:
     args = arguments_parse()
-    if shutil.which("wrk") is None:
-        say("wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)")
+    if wrk_missing():
         return 2
     started = time.monotonic()
     machine = machine_describe()

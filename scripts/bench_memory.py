@@ -202,19 +202,9 @@ def warm_up(url: str, messages: int = 200) -> None:
             client.get(path)
 
 
-def drain_wait(url: str, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            if httpx.get(f"{url}/queue/status", timeout=5).json().get("backlog_messages") == 0:
-                return
-        time.sleep(0.3)
-    raise RuntimeError(f"the queue did not drain within {timeout_s:.0f}s")
-
-
 def measure(*, load_seconds: int, connections: int) -> dict[str, Any]:
     """One fresh stack: memory at rest, after a wrk load, and settled again; the load's figures."""
-    from bench import POST_LUA, wrk  # noqa: PLC0415  # scripts/ is on sys.path when run as a script
+    from bench import POST_LUA, drain_wait, wrk  # noqa: PLC0415  # scripts/ is on sys.path when run as a script
 
     shutil.rmtree(DATA_DIR, ignore_errors=True)
     DATA_DIR.mkdir(parents=True)

@@ -66,7 +66,7 @@ sys.path.insert(0, str(BASE_DIR / "scripts"))
 import psutil  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
-from bench import OTHER_SCRIPTS_MARKER, POST_LUA, Stack, drain_wait, state_reset, wrk  # noqa: E402
+from bench import OTHER_SCRIPTS_MARKER, POST_LUA, Stack, drain_wait, state_reset, wrk, wrk_missing  # noqa: E402
 
 from ingestor_site.embedded import fresh_services  # noqa: E402
 
@@ -720,8 +720,7 @@ def arguments_parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> int:
     args = arguments_parse()
-    if shutil.which("wrk") is None:
-        say("wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)")
+    if wrk_missing():
         return 2
     if PY_SPY is None:
         say("py-spy is not installed (pip install '.[dev]')")
