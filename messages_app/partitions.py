@@ -17,6 +17,7 @@ DELETE ever runs over the partitioned table's bulk.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
@@ -68,6 +69,32 @@ def uuid_floor(moment: datetime) -> uuid.UUID:
 def id_time(message_id: uuid.UUID) -> datetime:
     """The time in a UUIDv7's first 48 bits (for any other UUID, whatever those bits say)."""
     return datetime.fromtimestamp((message_id.int >> 80) / 1000, tz=UTC)
+
+
+_UUID7_VERSION_AND_VARIANT = (0x7 << 76) | (0b10 << 62)
+
+
+def uuid7_strings(count: int) -> list[str]:
+    """`count` new UUIDv7s (RFC 9562) as strings, from one read of the clock and one of the OS's
+    randomness: the batch's API receipt ids.
+
+    Each holds the real millisecond, the sub-millisecond fraction in rand_a (RFC 9562 method 3)
+    and 62 random bits, in rising order. Unlike uuid6.uuid7(), which moves its timestamp 1 ms ahead for every id
+    minted within the same millisecond (monotonic ids), these never run ahead of the clock: at
+    50,000 ids a second that bump took the ids' time, and so their partition, ~49 s further into
+    the future every second.
+    """
+    nanoseconds = time.time_ns()
+    millis, fraction = divmod(nanoseconds, 1_000_000)
+    head = (millis << 80) | ((fraction * 4096 // 1_000_000) << 64) | _UUID7_VERSION_AND_VARIANT
+    randomness = os.urandom(8 * count)
+    # Sorted, so a batch's ids rise in the order of its items: newest-first listings keep it.
+    tails = sorted(int.from_bytes(randomness[offset : offset + 8]) >> 2 for offset in range(0, 8 * count, 8))
+    minted = []
+    for tail in tails:
+        text = f"{head | tail:032x}"
+        minted.append(f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}")
+    return minted
 
 
 def uuid7_at(moment: datetime) -> uuid.UUID:

@@ -6,10 +6,10 @@ import asyncio
 import random
 import time
 
-import uuid6
 from django.conf import settings
 
 from messages_app.batcher import batcher_for_loop
+from messages_app.partitions import uuid7_strings
 from messages_app.services import BatchRow
 
 SIMULATE_MAX = 10_000
@@ -19,10 +19,10 @@ _WORDS = (
 )  # fmt: skip
 
 
-def _simulated_row(index: int, received: float, rng: random.Random) -> BatchRow:
+def _simulated_row(index: int, received: float, rng: random.Random, message_id: str) -> BatchRow:
     words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12)))
     content = f"simulated #{index + 1}: {words}"
-    return BatchRow(str(uuid6.uuid7()), rng.randint(1, 1_000), rng.randint(1, 50), content, received)
+    return BatchRow(message_id, rng.randint(1, 1_000), rng.randint(1, 50), content, received)
 
 
 async def burst_simulate(*, count: int) -> int:
@@ -37,7 +37,10 @@ async def burst_simulate(*, count: int) -> int:
     # Not for security: random text for demo traffic.
     rng = random.Random()  # noqa: S311
     received = time.time()
-    rows = [_simulated_row(index, received, rng) for index in range(count)]
+    rows = [
+        _simulated_row(index, received, rng, message_id)
+        for index, message_id in enumerate(uuid7_strings(count))
+    ]
     size = settings.BATCH_SIZE
     batcher = batcher_for_loop()
     await asyncio.gather(*(batcher.submit(rows[start : start + size]) for start in range(0, count, size)))

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import uuid6
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from messages_app import selectors
 from messages_app.batcher import Overloaded, batcher_for_loop
 from messages_app.http import RETRY_AFTER_S, json_error, method_not_allowed, require_safe
+from messages_app.partitions import uuid7_strings
 from messages_app.services import BatchRow, client_ids_claim, message_digest
 from messages_app.validation import ValidMessage, message_validate
 
@@ -197,9 +198,10 @@ async def _batch_idempotency(
     return conflicts, replays, duplicates
 
 
-def _row(message: ValidMessage, received: float) -> BatchRow:
+def _row(message: ValidMessage, received: float, minted: Iterator[str]) -> BatchRow:
+    """The message's row: its client's id, or the next of the ids `minted` at its receipt."""
     return BatchRow(
-        message.id or str(uuid6.uuid7()), message.user_id, message.channel_id, message.content, received
+        message.id or next(minted), message.user_id, message.channel_id, message.content, received
     )
 
 
@@ -227,7 +229,7 @@ async def messages(request: HttpRequest) -> HttpResponse:
         # whose enqueue failed (after its claim) still lands.
         replay = claimed[0] == REPLAY
     received = time.time()
-    row = _row(message, received)
+    row = _row(message, received, iter(uuid7_strings(1)))
     problem = await _submit([row])
     if problem is not None:
         return _counted(problem)
@@ -272,11 +274,12 @@ async def messages_batch(request: HttpRequest) -> HttpResponse:
     accepted = [(index, message) for index, message in valid if index not in conflicted]
     rows: list[BatchRow] = []
     message_ids: list[str] = []
+    minted = iter(uuid7_strings(len(accepted)))
     for index, message in accepted:
         if index in duplicate_indexes and message.id is not None:
             message_ids.append(message.id)  # its first item's row stores it
             continue
-        rows.append(_row(message, received))
+        rows.append(_row(message, received, minted))
         message_ids.append(rows[-1].id)
     body: dict[str, Any] = {"accepted": len(accepted), "message_ids": message_ids, "rejected": rejected}
     if replays:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -265,6 +266,22 @@ async def test_batch_keeps_the_order_of_many_accepted_items(
     assert [contents[message_id] for message_id in body["message_ids"]] == [
         f"m{index}" for index in range(1000) if index % 7
     ]
+
+
+async def test_ids_the_api_mints_hold_the_time_of_receipt_however_many_it_mints(
+    api: httpx.AsyncClient, redis_client: redis_lib.Redis
+) -> None:
+    """Server-minted ids are UUIDv7s of the receipt's millisecond: 5,000 of them in a second must
+    not walk their timestamp (and so their partition) ahead of the clock."""
+    before_ms = time.time_ns() // 1_000_000
+    for _ in range(5):
+        items = [_message(content=f"m{index}") for index in range(1000)]
+        assert (await api.post("/messages/batch", json={"messages": items})).status_code == 201
+    after_ms = time.time_ns() // 1_000_000
+    ids = [uuid.UUID(row[0]) for row in _queued_rows()]
+    assert len(set(ids)) == 5000
+    assert all(minted.version == 7 and minted.variant == uuid.RFC_4122 for minted in ids)
+    assert all(before_ms <= minted.int >> 80 <= after_ms for minted in ids)
 
 
 async def test_batch_over_the_item_limit_answers_413(

@@ -402,3 +402,19 @@ def test_the_migration_moves_an_unpartitioned_table_with_its_rows_into_partition
         indexes = {row[0] for row in cursor.fetchall()}
     assert indexes == {"messages_pkey", *(index.name for index in Message._meta.indexes)}
     assert messages_persist(batch=[_row(v7[1], time.time()), _row(legacy[0], time.time())]).inserted == 0
+
+
+def test_minted_ids_are_uuid7s_of_now_with_the_receipt_fraction_and_random_bits() -> None:
+    before_ns = time.time_ns()
+    minted = [uuid.UUID(text) for text in partitions.uuid7_strings(20_000)]
+    after_ns = time.time_ns()
+    assert len(set(minted)) == 20_000
+    assert minted == sorted(minted), "in the order they were asked for"
+    assert all(value.version == 7 and value.variant == uuid.RFC_4122 for value in minted)
+    # One read of the clock: the same millisecond and sub-millisecond fraction for all.
+    assert len({value.int >> 64 for value in minted}) == 1
+    millis = minted[0].int >> 80
+    assert before_ns // 1_000_000 <= millis <= after_ns // 1_000_000
+    assert partitions.id_time(minted[0]) == datetime.fromtimestamp(millis / 1000, tz=UTC)
+    assert all(text == str(uuid.UUID(text)) for text in partitions.uuid7_strings(100))  # canonical form
+    assert partitions.uuid7_strings(0) == []
