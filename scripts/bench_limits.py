@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +22,6 @@ from typing import Any
 
 import psutil
 import psycopg
-import uuid6
 
 WrkRun = Callable[..., dict[str, float]]
 
@@ -43,11 +43,20 @@ def copy_rate(database_url: str, *, rows: int = 300_000, chunk: int = 5_000) -> 
     """Rows a second PostgreSQL takes with binary COPY into `messages` (same table, same indexes),
     one writer, a transaction per `chunk` rows (the worker's largest transaction). The rows are
     built before the clock starts; the table is emptied before and after."""
+    from messages_app.partitions import uuid7_strings  # noqa: PLC0415  # keeps Django out of bench's imports
+
     now = datetime.now(tz=UTC)
     data = [
         # UUIDv7s of now, as the API mints them: every row lands in today's partition.
-        (uuid6.uuid7(), 1 + index % 10_000, 1 + index % 100, f"wrk batch message {index % 1000}", now, now)
-        for index in range(rows)
+        (
+            uuid.UUID(message_id),
+            1 + index % 10_000,
+            1 + index % 100,
+            f"wrk batch message {index % 1000}",
+            now,
+            now,
+        )
+        for index, message_id in enumerate(uuid7_strings(rows))
     ]
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE messages")
