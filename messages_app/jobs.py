@@ -64,8 +64,7 @@ def persist_batch(batch: list[Any]) -> int:
     job = get_current_job()
     started = time.perf_counter()
     absorbed = _absorb(job, len(batch)) if job is not None else []
-    entries = [entry for other in absorbed for entry in other.args[0]]
-    entries[:0] = batch
+    entries = [*batch, *(entry for other in absorbed for entry in other.args[0])]
     rows, malformed = rows_decode(entries)
     try:
         result = messages_persist(batch=rows, malformed=malformed, job_id=job.id if job else "")
@@ -91,7 +90,7 @@ def _absorb(job: Job, rows: int) -> list[Job]:
     absorbed_key = ABSORBED_KEY_PREFIX + job.id
     earlier = _ids(redis.lrange(absorbed_key, 0, -1))
     jobs = [other for other in Job.fetch_many(earlier, redis, serializer=job.serializer) if other is not None]
-    rows += sum(max(_rows_of(other), 0) for other in jobs)
+    rows += sum(len(other.args[0]) for other in jobs)  # decoded here once, kept for the insert
     room = ABSORB_MAX_JOBS - len(jobs)
     if room <= 0 or rows >= ABSORB_MAX_ROWS:
         return jobs
@@ -132,15 +131,6 @@ def _rows_in_meta(job: Job, meta: bytes | None) -> int:
 
 def _ids(items: Any) -> list[str]:
     return [item.decode() if isinstance(item, bytes) else str(item) for item in items]
-
-
-def _rows_of(job: Job) -> int:
-    """How many entries a persist job carries; -1 if its arguments are not one list."""
-    try:
-        args = job.args
-    except Exception:  # undecodable data: leave the job for rq, which fails it on its own
-        return -1
-    return len(args[0]) if len(args) == 1 and isinstance(args[0], list) and not job.kwargs else -1
 
 
 def _absorbed_forget(job: Job, absorbed: list[Job]) -> None:
