@@ -1,8 +1,8 @@
-"""Every undocumented name of Django, rq and redis-py the project relies on, in one list.
+"""Every undocumented name of Django, rq, redis-py and granian the project relies on, in one list.
 
-The middleware-free API handler (ingestor_site/handlers.py) and the rq worker
-(messages_app/worker.py) override or call pieces of those libraries that their documentation
-does not promise to keep. tests/test_internals.py checks each entry below: that the name exists,
+The middleware-free API handler (ingestor_site/handlers.py), the rq worker
+(messages_app/worker.py) and the master-less web process (ingestor_site/web.py) override or call
+pieces of those libraries that their documentation does not promise to keep. tests/test_internals.py checks each entry below: that the name exists,
 that it still takes the parameters we pass, and that what we override still has the signature
 of our override. An upgrade that moves or renames one then fails there, naming it, instead of
 somewhere downstream or not at all. A new reliance on an undocumented name goes here first.
@@ -126,7 +126,24 @@ REDIS = (
     ),
 )
 
-RELIANCES = DJANGO + RQ + REDIS
+_WEB = "ingestor_site.web:SingleProcessGranian"
+
+GRANIAN = (
+    # SingleProcessGranian serves in its own process what granian's master would fork a worker
+    # for: it replaces the server's serve loop and calls the two steps of its start-up it needs.
+    Reliance(
+        "granian.server.common:AbstractServer._serve",
+        _WEB,
+        ("self", "spawn_target", "target_loader"),
+        override=f"{_WEB}._serve",
+    ),
+    Reliance("granian.server.common:AbstractServer._init_shared_socket", _WEB, ("self",)),
+    Reliance("granian.server.mp:MPServer._spawn_worker", _WEB, ("self", "idx", "target", "callback_loader")),
+    # The worker's multiprocessing.Process, never started: its run() serves in this process.
+    Reliance("granian.server.mp:WorkerProcess.inner", _WEB),
+)
+
+RELIANCES = DJANGO + RQ + REDIS + GRANIAN
 
 # The started registry is a sorted set whose members are Execution.composite_key:
 # IngestWorker._abandoned_requeue claims an abandoned entry by removing that member (rq's own

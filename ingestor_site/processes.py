@@ -68,6 +68,15 @@ def web_command(
     return [*command, "ingestor_site.asgi:application"]
 
 
+def web_process_command(
+    *, host: str = "127.0.0.1", port: int, connections: int = WEB_CONNECTIONS_PER_PROCESS
+) -> list[str]:
+    """One web process without granian's master (ingestor_site/web.py): `make run` starts
+    several on the same port."""
+    return [PYTHON, "-m", "ingestor_site.web", "--host", host, "--port", str(port),
+            "--connections", str(connections)]  # fmt: skip
+
+
 def worker_command(*, name: str, extra: tuple[str, ...] = ()) -> list[str]:
     """An rq worker on the ingest queue. Give each start a fresh name: a killed worker's
     registration outlives it in Redis (until its TTL), and rq refuses a name still registered."""

@@ -35,7 +35,7 @@ from ingestor_site.processes import (
     say,
     spawn,
     stop,
-    web_command,
+    web_process_command,
     worker_command,
 )
 
@@ -49,8 +49,8 @@ def manage(env: dict[str, str], *args: str) -> None:
     subprocess.run([PYTHON, MANAGE, *args], check=True, env=env, cwd=BASE_DIR)  # noqa: S603
 
 
-def _web_command(host: str, port: int, processes: int, connections: int, restarts: int) -> list[str]:
-    return web_command(host=host, port=port, processes=processes, connections=connections)
+def _web_command(host: str, port: int, connections: int, restarts: int) -> list[str]:
+    return web_process_command(host=host, port=port, connections=connections)
 
 
 def _worker_command(number: int, restarts: int) -> list[str]:
@@ -92,8 +92,8 @@ class Supervisor:
         web_connections: int = WEB_CONNECTIONS_PER_PROCESS,
     ) -> None:
         self.env = env
-        web = functools.partial(_web_command, host, port, web_processes, web_connections)
-        self.web = Child("web server", web)
+        web = functools.partial(_web_command, host, port, web_connections)
+        self.web = [Child(f"web process {n}", web) for n in range(1, web_processes + 1)]
         self.workers = [
             Child(f"worker {n}", functools.partial(_worker_command, n)) for n in range(1, workers + 1)
         ]
@@ -105,13 +105,13 @@ class Supervisor:
         child.started_at = time.monotonic()
 
     def start(self) -> None:
-        for child in (self.web, *self.workers):
+        for child in (*self.web, *self.workers):
             self._start(child)
 
     def watch(self) -> None:
         while not self.stopping:
             time.sleep(0.5)
-            for child in (self.web, *self.workers):
+            for child in (*self.web, *self.workers):
                 if self.stopping or child.process is None or child.process.poll() is None:
                     continue
                 now = time.monotonic()
@@ -129,10 +129,10 @@ class Supervisor:
         finishes its current batch: rq's warm shutdown on SIGTERM). Each gets STOP_GRACE_S,
         then SIGKILL of its process group."""
         self.stopping = True
-        web = self.web.process
-        if web is not None and web.poll() is None:
+        web = [child.process for child in self.web if child.process and child.process.poll() is None]
+        if web:
             say("stopping the web server")
-            stop([web], label="web server", grace_s=STOP_GRACE_S)
+            stop(web, label="web process", grace_s=STOP_GRACE_S)
         live = [child.process for child in self.workers if child.process and child.process.poll() is None]
         if live:
             say(f"stopping {len(live)} worker(s); each finishes its current batch")
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             local = "127.0.0.1" if host in {"127.0.0.1", "0.0.0.0"} else host  # noqa: S104
             try:
                 # The URL line once the server answers, so what it promises works.
-                live_wait(f"http://{local}:{port}", process=supervisor.web.process, timeout_s=60,
+                live_wait(f"http://{local}:{port}", process=supervisor.web[0].process, timeout_s=60,
                           stop=lambda: supervisor.stopping)  # fmt: skip
             except RuntimeError as failure:
                 say(f"{failure}; see its errors above (it is restarted)")

@@ -75,6 +75,8 @@ def _role(process: psutil.Process, supervisor_pid: int) -> str:
         return "rq worker"
     if "rqworker" in parent_command:
         return "rq scheduler"  # the only child a worker forks
+    if "ingestor_site.web " in f"{command} ":
+        return "web process"  # one granian worker without a master (ingestor_site/web.py)
     if "granian" in command and parent is not None and parent.pid == supervisor_pid:
         return "web master"
     if "granian" in parent_command:

@@ -1,5 +1,6 @@
-"""Every undocumented Django and rq name the project relies on (ingestor_site/internals.py) is
-still there, in the shape we use it: an upgrade that moves or renames one fails here, by name."""
+"""Every undocumented Django, rq, redis-py and granian name the project relies on
+(ingestor_site/internals.py) is still there, in the shape we use it: an upgrade that moves or
+renames one fails here, by name."""
 
 from __future__ import annotations
 
