@@ -69,7 +69,7 @@ def _role(process: psutil.Process, supervisor_pid: int) -> str:
     command = " ".join(process.cmdline())
     parent = process.parent()
     parent_command = " ".join(parent.cmdline()) if parent is not None else ""
-    if "ingestor_site.watchdog" in command:
+    if "watchdog.sh" in command:
         return "watchdog"
     if "rqworker" in command and parent is not None and parent.pid == supervisor_pid:
         return "rq worker"

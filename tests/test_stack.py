@@ -178,8 +178,9 @@ def test_killing_the_supervisor_stops_everything_it_started_and_frees_the_port(
         _post_and_wait_stored(url, "before the crash", timeout_s=30, what="the message stored")
         seen.update((p.pid, p) for p in psutil.Process(supervisor.pid).children(recursive=True))
         commands = [" ".join(p.cmdline()) for p in seen.values()]
-        # Two web processes, the rq worker, both servers and PostgreSQL's helpers.
+        # Two web processes, the rq worker, the watchdog, both servers and PostgreSQL's helpers.
         assert sum("ingestor_site.web" in command for command in commands) == 2, commands
+        assert any("watchdog.sh" in command for command in commands), commands
         assert any("rqworker" in command for command in commands), commands
         assert any("valkey-server" in command for command in commands), commands
         assert sum("postgres" in command for command in commands) >= 2, commands
@@ -327,7 +328,7 @@ def test_a_new_run_stops_the_servers_a_dead_run_left_on_its_data_folder(
         ]
         assert len(servers) == 2
         # The supervisor and its watchdog die together: nothing stops the servers.
-        (watchdog,) = [p for p in seen.values() if "ingestor_site.watchdog" in " ".join(p.cmdline())]
+        (watchdog,) = [p for p in seen.values() if "watchdog.sh" in " ".join(p.cmdline())]
         watchdog.kill()
         first.kill()
         first.wait()
