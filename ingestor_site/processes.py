@@ -144,8 +144,11 @@ def http_status(url: str, *, timeout_s: float) -> int | None:
     """
     parts = urlsplit(url)
     request = f"GET {parts.path or '/'} HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode()
+    # The host as bytes, which getaddrinfo() takes as it is: a str loads the idna codec (and
+    # unicodedata) to encode it.
+    address = ((parts.hostname or "").encode(), parts.port or 80)
     try:
-        with socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout_s) as conn:
+        with socket.create_connection(address, timeout=timeout_s) as conn:  # type: ignore[arg-type]
             conn.sendall(request)
             head = conn.recv(64)
     except OSError:

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
 
 from ingestor_site.embedded import ServerStartError
@@ -57,17 +56,19 @@ def _worker_command(number: int, restarts: int) -> list[str]:
     return worker_command(name=f"worker-{number}-{os.getpid()}-{restarts}")
 
 
-@dataclass
 class Child:
-    """A process the supervisor keeps running, restarted with backoff when it dies."""
+    """A process the supervisor keeps running, restarted with backoff when it dies.
 
-    label: str
-    command: Callable[[int], list[str]]  # the command line for its n-th start
-    process: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    restart_at: float = 0.0  # when a dead one is due to start again; 0.0 while alive
-    started_at: float = 0.0
-    failures: int = 0  # deaths in a row, each after less than RESTART_HEALTHY_AFTER_S of life
+    (A plain class: `dataclasses` would load `inspect` and more into the supervisor, ~1.3 MB.)"""
+
+    def __init__(self, label: str, command: Callable[[int], list[str]]) -> None:
+        self.label = label
+        self.command = command  # the command line for its n-th start
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.restart_at = 0.0  # when a dead one is due to start again; 0.0 while alive
+        self.started_at = 0.0
+        self.failures = 0  # deaths in a row, each after less than RESTART_HEALTHY_AFTER_S of life
 
     def restart_delay(self, now: float) -> int:
         """Seconds to wait before restarting it, having seen it dead at `now`."""
