@@ -15,15 +15,18 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.http import JsonResponse
-from limits import RateLimitItem, parse
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import FixedWindowRateLimiter
-from limits.errors import StorageError
 
 from messages_app.http import json_error
+
+# `limits` (and what it imports: ~1.5 MB in each web process) loads with the first limit in force,
+# so a process whose limits are all off never holds it.
+if TYPE_CHECKING:
+    from limits import RateLimitItem
+    from limits.aio.strategies import FixedWindowRateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,11 @@ class Limit:
 def limit_parse(name: str, text: str) -> Limit:
     """`"100/second"`, `"6000 per minute"`...; empty turns the limit off. (Settings check the
     text at start-up; cached, as each request asks.)"""
-    return Limit(name, parse(text) if text.strip() else None)
+    if not text.strip():
+        return Limit(name, None)
+    from limits import parse
+
+    return Limit(name, parse(text))
 
 
 def ingest_limit() -> Limit:
@@ -65,6 +72,9 @@ def _limiter() -> FixedWindowRateLimiter:
     loop = asyncio.get_running_loop()
     limiter = _limiters.get(loop)
     if limiter is None:
+        from limits.aio.storage import RedisStorage
+        from limits.aio.strategies import FixedWindowRateLimiter
+
         storage = RedisStorage(
             f"async+{settings.REDIS_URL}",
             implementation="redispy",
@@ -87,6 +97,8 @@ async def rate_check(limit: Limit, identity: str) -> JsonResponse | None:
     item = limit.item
     if item is None:
         return None
+    from limits.errors import StorageError
+
     limiter = _limiter()
     try:
         if await limiter.hit(item, limit.name, identity):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import json
 import os
 import ssl
 import subprocess
@@ -224,6 +225,23 @@ def test_a_bad_environment_variable_stops_start_up(variable: str, value: str) ->
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert variable in result.stderr
+
+
+def test_the_default_rate_limits_parse_and_load_no_limits_library_at_start_up() -> None:
+    """env_rate takes its defaults unchecked, so that no process loads `limits` for them."""
+    from limits import parse
+
+    env = {key: value for key, value in os.environ.items() if not key.endswith("_RATE_LIMIT")}
+    code = (
+        "import json, sys; from django.conf import settings; import ingestor_site.asgi\n"
+        "print(json.dumps([settings.INGEST_RATE_LIMIT, settings.SIMULATE_RATE_LIMIT, 'limits' in sys.modules]))"
+    )
+    result = run_settings(env, code)
+    assert result.returncode == 0, result.stderr
+    ingest, simulate, limits_loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert ingest == ""
+    assert parse(simulate).amount > 0
+    assert not limits_loaded
 
 
 def deployment_env() -> dict[str, str]:
