@@ -148,7 +148,9 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeo
         if process.poll() is not None:
             raise ServerStartError(f"{name} exited with code {process.returncode} while starting")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            # The host as bytes: getaddrinfo() loads the idna codec to encode a str, and it would
+            # stay in `make run`'s supervisor.
+            with socket.create_connection((b"127.0.0.1", port), timeout=0.2):  # type: ignore[arg-type]
                 return
         except OSError:
             time.sleep(0.05)

@@ -12,7 +12,6 @@ a watchdog stops them (see ingestor_site/watchdog.py).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import signal
@@ -21,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from ingestor_site.embedded import ServerStartError
 from ingestor_site.local_services import RUN_DATA_DIR, TEST_DATA_DIR, FolderInUse, LocalServices, port_free
@@ -37,6 +37,9 @@ from ingestor_site.processes import (
     web_process_command,
     worker_command,
 )
+
+if TYPE_CHECKING:
+    import argparse
 
 # A worker that keeps dying is restarted at most this often, so a broken set-up does not spin.
 RESTART_BACKOFF_S = (1, 2, 5, 10)
@@ -140,7 +143,7 @@ class Supervisor:
             stop(live, label="worker", grace_s=STOP_GRACE_S)
 
 
-def run(args: argparse.Namespace) -> int:
+def run() -> int:
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8000"))
     workers = int(os.environ.get("WORKERS", "1"))
@@ -202,6 +205,12 @@ def exec_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["run"]:
+        # Without argparse: it and the shutil its help formatter loads would stay in `make run`'s
+        # supervisor for its whole life (~1 MB) to read one word.
+        return run()
+    import argparse
+
     parser = argparse.ArgumentParser(prog="python -m ingestor_site.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="action", required=True)
@@ -209,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     exec_parser = sub.add_parser("exec", help="run a command with DATABASE_URL and REDIS_URL set")
     exec_parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    return run(args) if args.action == "run" else exec_command(args)
+    return run() if args.action == "run" else exec_command(args)
 
 
 if __name__ == "__main__":
