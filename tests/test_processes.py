@@ -1,4 +1,5 @@
-"""The launcher's stop is bounded and says when it had to kill: real processes, no servers."""
+"""The launcher's stop is bounded and says when it had to kill: real processes, no servers; and
+`make run`'s web process is configured as the web command is."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import psutil
 
-from ingestor_site.processes import spawn, stop
+from ingestor_site.processes import spawn, stop, web_command
+from ingestor_site.web import web_server
 from tests.livestack import wait_until
 
 # A leader that ignores SIGTERM, with a child in its process group that ignores it too, as the
@@ -67,3 +70,34 @@ def test_stop_kills_what_a_stopped_process_left_in_its_group_and_says_so() -> No
         for member in members:
             if member.is_running():
                 member.kill()
+
+
+# Options of granian's server that only its master uses (make run's web processes have none), and
+# the HTTP/2 settings, unused with `--http 1`.
+UNUSED_IN_WEB_PROCESS = {"respawn_failed_workers", "respawn_interval", "http2_settings"}
+
+
+def test_make_runs_web_process_serves_with_the_options_of_the_web_command(monkeypatch: Any) -> None:
+    """ingestor_site/web.py builds granian's server itself; the tests, the benchmarks and the
+    Docker image run web_command through granian's CLI. Both must configure the same server."""
+    import granian.cli
+    from granian.server.mp import MPServer
+
+    built: list[MPServer] = []
+
+    class Recorder(MPServer):
+        def serve(self, *args: Any, **kwargs: Any) -> None:
+            built.append(self)
+
+    monkeypatch.setattr(granian.cli, "Server", Recorder)
+    command = web_command(host="127.0.0.1", port=8123, processes=1, connections=77)
+    granian.cli.cli.main(command[command.index("granian") + 1 :], standalone_mode=False)
+    (theirs,) = built
+    ours = web_server(host="127.0.0.1", port=8123, connections=77)
+    # Its options, not its working parts (events, metrics, loaders: private names).
+    options = {name for name in vars(theirs) if not name.startswith("_") and name != "main_loop_interrupt"}
+    differing = {
+        name for name in options - UNUSED_IN_WEB_PROCESS if getattr(ours, name) != getattr(theirs, name)
+    }
+    assert differing == set(), {name: (getattr(ours, name), getattr(theirs, name)) for name in differing}
+    assert not ours.respawn_failed_workers  # the supervisor restarts a web process, not granian
