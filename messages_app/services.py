@@ -6,7 +6,6 @@ import functools
 import hashlib
 import json
 import logging
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,9 +18,10 @@ from django.conf import settings
 from django.db import DataError, IntegrityError, connection, transaction
 from rq import Queue, Retry
 
+from messages_app.job_writer import JobWriter
 from messages_app.models import DeadLetter, Message
 from telemetry import metrics
-from telemetry.connection import redis_connection, replicated_pipeline
+from telemetry.connection import redis_connection
 
 logger = logging.getLogger(__name__)
 
@@ -85,36 +85,36 @@ class Enqueued(NamedTuple):
 
 
 def batch_enqueue(*, batch: Sequence[Sequence[Any]]) -> Enqueued:
-    """Put one batch in Redis as one rq job, with its counters, in one transaction (confirmed by
-    INGEST_REDIS_MIN_REPLICAS replicas when set).
+    """Put one batch in Redis as one rq job, with its counters, in one atomic command (confirmed
+    by INGEST_REDIS_MIN_REPLICAS replicas when set).
 
     `batch` holds BatchRows, or lists in BatchRow's field order (tests, jobs made by hand).
     Blocking (redis-py): async callers run it in a thread, once per batch rather than per message.
     """
-    queue = ingest_queue()
-    with replicated_pipeline(
-        queue.connection,
+    written = _persist_job_writer().write(
+        ingest_queue().connection,
+        batch,
+        meta={JOB_ROWS_META: len(batch)},
+        description=f"persist a batch of {len(batch)} messages",
+        counted=len(batch),
         min_replicas=settings.INGEST_REDIS_MIN_REPLICAS,
-        timeout_ms=settings.INGEST_REDIS_REPLICA_TIMEOUT_MS,
-    ) as pipe:
-        queue.enqueue_call(
-            # By name: the job module imports this one.
-            PERSIST_JOB,
-            args=(batch,),
-            description=f"persist a batch of {len(batch)} messages",
-            timeout=settings.INGEST_JOB_TIMEOUT,
-            result_ttl=0,
-            failure_ttl=7 * 24 * 3600,
-            retry=PERSIST_RETRY,
-            meta={JOB_ROWS_META: len(batch)},
-            pipeline=pipe,
-        )
-        ours = len(pipe)  # rq's own commands come first
-        pipe.incrby(metrics.QUEUE_LENGTH, len(batch))
-        pipe.llen(queue.key)
-        metrics.accepted_record(pipe, count=len(batch), now=time.time())
-        results = pipe.execute()
-    return Enqueued(backlog=int(results[ours]), jobs_waiting=int(results[ours + 1]))
+        replica_timeout_ms=settings.INGEST_REDIS_REPLICA_TIMEOUT_MS,
+    )
+    return Enqueued(backlog=written.backlog, jobs_waiting=written.jobs_waiting)
+
+
+@functools.cache
+def _persist_job_writer() -> JobWriter:
+    """The persist job as rq would enqueue it (messages_app/job_writer.py), built once per process."""
+    return JobWriter(
+        ingest_queue(),
+        # By name: the job module imports this one.
+        PERSIST_JOB,
+        timeout=settings.INGEST_JOB_TIMEOUT,
+        result_ttl=0,
+        failure_ttl=7 * 24 * 3600,
+        retry=PERSIST_RETRY,
+    )
 
 
 @dataclass(frozen=True)

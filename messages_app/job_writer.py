@@ -1,0 +1,151 @@
+"""A persist job, and the counters of its messages, written to Redis in one command.
+
+rq's own enqueue (`Queue.enqueue_call` on a transactional pipeline) cost the API ~200 µs of CPU
+a batch here, most of it redis-py packing the ~40 arguments of the job's hash and parsing eleven
+replies, and a message that arrives alone waits for all of it. The job written here is the one
+rq writes, field for field, so rq workers run it unchanged:
+- every field that is the same for every persist job comes from a job rq itself builds, once per
+  process (`Job.to_dict()`), and is baked into a Lua script registered once;
+- only the fields that differ per job (its times, its data, its description and meta) travel
+  with each call, as rq would make them, except that the data is compressed at zlib's fastest
+  level (rq decompresses any zlib stream): 0.6 ms for a batch of 1,000 rows instead of 1.9.
+tests/test_job_writer.py compares the two hashes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from redis import Redis
+from redis.commands.core import Script
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+from rq.utils import now, utcformat
+
+from telemetry import metrics
+from telemetry.connection import replicated_pipeline
+
+# The fields write() sets per job; every other field of the hash is the template's.
+PER_JOB_FIELDS = ("created_at", "enqueued_at", "data", "description", "meta")
+# The set of queue keys rq's workers and dashboards list (rq.registry / Queue.all()).
+QUEUES_KEY = Queue.redis_queues_keys
+# zlib's fastest level: a third of the CPU of rq's default for a batch of 1,000 rows, 8% larger.
+DATA_COMPRESSION_LEVEL = 1
+
+
+class Written(NamedTuple):
+    job_id: str
+    backlog: int  # messages accepted and not yet persisted, this job's included
+    jobs_waiting: int  # jobs in the queue, this one included
+
+
+def _lua_string(value: Any) -> str:
+    """`value` as a Lua string literal, byte for byte (decimal escapes: any byte is safe)."""
+    # As redis-py encodes a value: a str (or a str enum, such as rq's JobStatus) by its text.
+    raw = (
+        value
+        if isinstance(value, bytes)
+        else value.encode()
+        if isinstance(value, str)
+        else str(value).encode()
+    )
+    return "'" + "".join(f"\\{byte}" for byte in raw) + "'"
+
+
+# KEYS: the job's hash, the queue, rq's set of queues, queue_length, total_accepted, this second's
+# hash. ARGV: the job id, its row count, the second hash's TTL, then the per-job fields' values
+# in PER_JOB_FIELDS order (created_at also serves as enqueued_at). The counters are the ones
+# metrics.accepted_record writes. Returns the backlog and the queue's length.
+_SCRIPT = """
+redis.call('HSET', KEYS[1], 'created_at', ARGV[4], 'enqueued_at', ARGV[4], 'data', ARGV[5],
+           'description', ARGV[6], 'meta', ARGV[7], {static})
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], KEYS[2])
+local backlog = redis.call('INCRBY', KEYS[4], ARGV[2])
+redis.call('INCRBY', KEYS[5], ARGV[2])
+redis.call('HINCRBY', KEYS[6], 'accepted', ARGV[2])
+redis.call('EXPIRE', KEYS[6], ARGV[3])
+return {{backlog, redis.call('LLEN', KEYS[2])}}
+"""
+
+
+class JobWriter:
+    """Writes jobs calling `func_name` with one argument, with the options given, to `queue`."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        func_name: str,
+        *,
+        timeout: int,
+        result_ttl: int,
+        failure_ttl: int,
+        retry: Retry,
+    ) -> None:
+        self.queue = queue
+        self.func_name = func_name
+        self.template = self._rq_job(args=([],), meta={"rows": 0}, timeout=timeout, result_ttl=result_ttl,
+                                     failure_ttl=failure_ttl, retry=retry, description="")  # fmt: skip
+        self._options = {
+            "timeout": timeout,
+            "result_ttl": result_ttl,
+            "failure_ttl": failure_ttl,
+            "retry": retry,
+        }
+        static = {k: v for k, v in self.template.to_dict().items() if k not in PER_JOB_FIELDS}
+        pairs = ", ".join(f"{_lua_string(key)}, {_lua_string(value)}" for key, value in static.items())
+        self.script: Script = queue.connection.register_script(_SCRIPT.format(static=pairs))
+
+    def _rq_job(
+        self, *, args: tuple[Any, ...], meta: dict[str, Any], description: str, **options: Any
+    ) -> Job:
+        """The job rq's own enqueue would write (Queue.create_job, then what enqueueing sets)."""
+        job = self.queue.create_job(self.func_name, args=args, meta=meta, description=description, **options)
+        job.origin = self.queue.name
+        job.enqueued_at = job.created_at
+        job._status = JobStatus.QUEUED  # as Queue._prepare_for_queue sets it, without a write
+        return job
+
+    def rq_equivalent(self, argument: Any, *, meta: dict[str, Any], description: str) -> Job:
+        """For tests: the job rq would build for the same call."""
+        return self._rq_job(args=(argument,), meta=meta, description=description, **self._options)
+
+    def fields(self, argument: Any, *, meta: dict[str, Any], description: str, at: str) -> list[Any]:
+        """The per-job fields' values, in PER_JOB_FIELDS order without enqueued_at (= created_at)."""
+        serializer = self.queue.serializer
+        data = serializer.dumps((self.func_name, None, (argument,), {}))
+        return [at, zlib.compress(data, DATA_COMPRESSION_LEVEL), description, serializer.dumps(meta)]
+
+    def write(
+        self,
+        connection: Redis,
+        argument: Sequence[Any],
+        *,
+        meta: dict[str, Any],
+        description: str,
+        counted: int,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 0,
+    ) -> Written:
+        """Enqueue one job on `connection` (the queue's Redis, or one standing in for it) and count
+        `counted` messages accepted, atomically; with `min_replicas`, wait until that many replicas
+        have it (telemetry.connection.replicated_pipeline)."""
+        job_id = str(uuid.uuid4())
+        second = int(time.time())
+        keys = [Job.key_for(job_id), self.queue.key, QUEUES_KEY, metrics.QUEUE_LENGTH, metrics.TOTAL_ACCEPTED,
+                metrics.second_key(second)]  # fmt: skip
+        args = [job_id, counted, metrics.SECOND_TTL_S,
+                *self.fields(argument, meta=meta, description=description, at=utcformat(now()))]  # fmt: skip
+        if min_replicas <= 0:
+            backlog, waiting = self.script(keys=keys, args=args, client=connection)
+        else:
+            with replicated_pipeline(
+                connection, min_replicas=min_replicas, timeout_ms=replica_timeout_ms
+            ) as pipe:
+                self.script(keys=keys, args=args, client=pipe)
+                ((backlog, waiting),) = pipe.execute()
+        return Written(job_id=job_id, backlog=int(backlog), jobs_waiting=int(waiting))

@@ -1,0 +1,122 @@
+"""The persist job written in one Redis command is the job rq's own enqueue writes.
+
+Real Redis; the jobs are read back with rq's Job.fetch and run by rq's SimpleWorker.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+
+import pytest
+import redis as redis_lib
+from django.test import override_settings
+from rq import SimpleWorker
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from messages_app import services
+from messages_app.job_writer import PER_JOB_FIELDS, QUEUES_KEY, JobWriter
+from messages_app.models import Message
+from messages_app.services import BatchRow, batch_enqueue
+from telemetry import metrics
+from telemetry.connection import ReplicasBehind
+
+
+def _rows(count: int) -> list[BatchRow]:
+    now = time.time()
+    return [BatchRow(str(uuid.uuid4()), 1 + index, 7, f"message {index} é", now) for index in range(count)]
+
+
+def _writer() -> JobWriter:
+    return services._persist_job_writer()
+
+
+def test_the_hash_is_rqs_own_field_for_field(redis_client: redis_lib.Redis) -> None:
+    batch = _rows(3)
+    enqueued = batch_enqueue(batch=batch)
+    (job,) = services.ingest_queue().get_jobs()
+    written: dict[bytes, bytes] = redis_client.hgetall(job.key)  # type: ignore[assignment]
+
+    meta = {services.JOB_ROWS_META: 3}
+    expected = _writer().rq_equivalent(batch, meta=meta, description="persist a batch of 3 messages")
+    rq_own = expected.to_dict()
+    assert {key.decode() for key in written} == set(rq_own), "the same fields, no more, no fewer"
+    for key, value in rq_own.items():
+        if key in ("created_at", "enqueued_at", "data"):
+            continue
+        encoded = (
+            value
+            if isinstance(value, bytes)
+            else value.encode()
+            if isinstance(value, str)
+            else str(value).encode()
+        )
+        assert written[key.encode()] == encoded, key
+    # The data is the same call; compressed at another level, which any zlib reader takes.
+    assert zlib.decompress(written[b"data"]) == zlib.decompress(rq_own["data"])
+    assert written[b"created_at"] == written[b"enqueued_at"]
+    assert enqueued.backlog == 3
+    assert enqueued.jobs_waiting == 1
+    assert redis_client.sismember(QUEUES_KEY, services.ingest_queue().key)
+
+
+def test_rq_reads_the_job_back_with_its_options(redis_client: redis_lib.Redis) -> None:
+    batch = _rows(2)
+    batch_enqueue(batch=batch)
+    (job,) = services.ingest_queue().get_jobs()
+    fetched = Job.fetch(job.id, connection=redis_client, serializer=JSONSerializer)
+    assert fetched.func_name == services.PERSIST_JOB
+    assert list(fetched.args) == [[list(row) for row in batch]]
+    assert fetched.meta == {services.JOB_ROWS_META: 2}
+    assert fetched.get_status(refresh=False) == JobStatus.QUEUED
+    assert fetched.origin == services.INGEST_QUEUE
+    assert fetched.retries_left == services.PERSIST_RETRY.max
+    assert fetched.retry_intervals == services.PERSIST_RETRY.intervals
+    assert (fetched.result_ttl, fetched.failure_ttl) == (0, 7 * 24 * 3600)
+    assert fetched.timeout is not None and fetched.timeout > 0
+    assert fetched.description == "persist a batch of 2 messages"
+    assert fetched.enqueued_at is not None
+    assert abs(fetched.enqueued_at.timestamp() - time.time()) < 60
+
+
+def test_the_counters_move_with_the_job(redis_client: redis_lib.Redis) -> None:
+    first = batch_enqueue(batch=_rows(5))
+    second = batch_enqueue(batch=_rows(2))
+    assert (first.backlog, first.jobs_waiting) == (5, 1)
+    assert (second.backlog, second.jobs_waiting) == (7, 2)
+    assert int(redis_client.get(metrics.QUEUE_LENGTH) or 0) == 7
+    assert int(redis_client.get(metrics.TOTAL_ACCEPTED) or 0) == 7
+    seconds = redis_client.keys(metrics.SECOND_KEY_PREFIX + "*")
+    assert sum(int(redis_client.hget(key, "accepted") or 0) for key in seconds) == 7
+    assert all(0 < redis_client.ttl(key) <= metrics.SECOND_TTL_S for key in seconds)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_rq_worker_runs_the_job(redis_client: redis_lib.Redis) -> None:
+    batch = _rows(4)
+    batch_enqueue(batch=batch)
+    queue = services.ingest_queue()
+    SimpleWorker([queue], connection=queue.connection, serializer=JSONSerializer).work(burst=True)
+    assert {str(pk) for pk in Message.objects.values_list("id", flat=True)} == {row.id for row in batch}
+    assert queue.count == 0
+    assert int(redis_client.get(metrics.QUEUE_LENGTH) or 0) == 0
+
+
+def test_with_replicas_required_a_write_no_replica_confirms_is_refused(redis_client: redis_lib.Redis) -> None:
+    """The test Redis has no replica: the job goes in, and the caller hears it is not safe yet."""
+    with (
+        override_settings(INGEST_REDIS_MIN_REPLICAS=1, INGEST_REDIS_REPLICA_TIMEOUT_MS=50),
+        pytest.raises(ReplicasBehind, match="0 of 1 replicas"),
+    ):
+        batch_enqueue(batch=_rows(1))
+    assert services.ingest_queue().count == 1
+
+
+def test_the_per_job_fields_are_the_only_ones_sent_each_time() -> None:
+    """The rest are baked into the script: a change of rq's fields shows up here first."""
+    static = set(_writer().template.to_dict()) - set(PER_JOB_FIELDS)
+    assert static, "rq's job has fields that do not change per job"
+    assert "status" in static
+    assert "origin" in static
