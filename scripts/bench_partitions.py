@@ -130,6 +130,7 @@ def persist_timed(work: list[list[list[Any]]], table: str) -> tuple[float, float
     from messages_app.models import Message
 
     Message._meta.db_table = table
+    services._copy_sql.cache_clear()
     services._insert_sql.cache_clear()
     try:
         started, cpu_started = time.perf_counter(), cpu_seconds()
@@ -138,6 +139,7 @@ def persist_timed(work: list[list[list[Any]]], table: str) -> tuple[float, float
         return time.perf_counter() - started, cpu_seconds() - cpu_started
     finally:
         Message._meta.db_table = "messages"
+        services._copy_sql.cache_clear()
         services._insert_sql.cache_clear()
 
 

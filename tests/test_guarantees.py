@@ -102,14 +102,14 @@ def started_job_ids(redis: redis_lib.Redis) -> list[str]:
 
 
 def insert_waiting_on_lock(database_url: str) -> bool:
-    """True when a backend's INSERT into messages waits for a lock (the one the test holds).
+    """True when a backend's COPY (or INSERT) into messages waits for a lock (the one the test holds).
 
     Asked on a fresh connection: pg_stat_activity is a snapshot frozen for a whole transaction.
     """
     with psycopg.connect(database_url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query ILIKE 'INSERT INTO%%messages%%'"
+            "AND (query ILIKE 'COPY%%messages%%' OR query ILIKE 'INSERT INTO%%messages%%')"
         ).fetchone()
     return bool(row and row[0])
 

@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 import zlib
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -82,6 +83,104 @@ def test_persist_stores_a_row_repeated_inside_one_batch_once() -> None:
     result = messages_persist(batch=[*batch, batch[1], batch[1]])
     assert result.inserted == 3
     assert _stored_ids() == {row[0] for row in batch}
+
+
+def test_a_batch_mixing_new_and_known_ids_stores_exactly_the_new_ones() -> None:
+    known = _rows(5)
+    messages_persist(batch=known)
+    first_commit = {str(row.id): (row.content, row.inserted_at) for row in Message.objects.all()}
+    # A job re-run after a crash, or a client replaying its own ids, among new rows; a known id
+    # comes back with other content, which must not replace what was stored first.
+    new = _rows(7, channel_id=2)
+    replayed = known[3]._replace(content="changed")
+    batch = [new[0], known[0], *new[1:4], known[4], replayed, *new[4:]]
+    result = messages_persist(batch=batch)
+    assert (result.inserted, result.dead) == (7, 0)
+    assert _stored_ids() == {row[0] for row in known + new}
+    assert Message.objects.count() == 12
+    stored = {str(row.id): (row.content, row.inserted_at) for row in Message.objects.all()}
+    assert all(stored[message_id] == first for message_id, first in first_commit.items())
+
+
+def test_a_batch_of_new_ids_is_stored_by_copy_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    fallbacks = _inserts_counted(monkeypatch)
+    assert messages_persist(batch=_rows(40)).inserted == 40
+    assert fallbacks == []
+    assert Message.objects.count() == 40
+
+
+@pytest.mark.parametrize("repeat", ["known", "within"])
+def test_a_repeated_id_rolls_the_copy_back_and_the_insert_stores_each_id_once(
+    monkeypatch: pytest.MonkeyPatch, repeat: str
+) -> None:
+    earlier = _rows(3)
+    if repeat == "known":
+        messages_persist(batch=earlier[:1])
+        batch = [*_rows(10)[:5], earlier[0], *_rows(5)]
+    else:
+        batch = [*earlier, *_rows(10), earlier[1]]
+    fallbacks = _inserts_counted(monkeypatch)
+    result = messages_persist(batch=batch)
+    # Nothing the COPY wrote survives its rollback: the INSERT alone stored the batch.
+    assert fallbacks == [len(batch)]
+    assert result.inserted == len({row[0] for row in batch}) - (repeat == "known")
+    assert Message.objects.count() == len({row[0] for row in batch})
+
+
+def test_a_bad_row_is_isolated_in_a_batch_that_also_holds_a_known_id() -> None:
+    known = _rows(2)
+    messages_persist(batch=known)
+    good = _rows(8, channel_id=3)
+    bad = BatchRow(str(uuid.uuid4()), 1, 1, "nul\x00here", time.time())
+    result = messages_persist(batch=[*good[:3], known[1], *good[3:6], bad, known[0], *good[6:]])
+    assert (result.inserted, result.dead) == (8, 1)
+    assert _stored_ids() == {row[0] for row in known + good}
+    assert str(DeadLetter.objects.get().message_id) == bad.id
+
+
+def test_created_at_is_the_receipt_time_the_api_answered_to_the_microsecond() -> None:
+    # Values where PostgreSQL's to_timestamp() rounds its product to a double before rounding to
+    # the microsecond, and so lands 1 us off the queued_at the API's answer gave (Python's).
+    moments = [1795416944.0707905, 1795425250.8650765, 1700000000.25]
+    rows = [BatchRow(str(uuid.uuid4()), 1, 1, "hi", moment) for moment in moments]
+    messages_persist(batch=rows[:1])
+    messages_persist(batch=rows)  # a known id among them: the INSERT path
+    stored = {str(row.id): row.created_at for row in Message.objects.all()}
+    assert [stored[row.id] for row in rows] == [datetime.fromtimestamp(m, tz=UTC) for m in moments]
+
+
+def test_ids_in_other_uuid_spellings_from_a_hand_made_job_are_stored_as_their_uuid() -> None:
+    ids = [uuid.uuid4() for _ in range(4)]
+    spellings = [str(ids[0]).upper(), ids[1].hex, f"{{{ids[2]}}}", str(ids[3])]
+    batch = [BatchRow(spelling, 1, 1, "hi", time.time()) for spelling in spellings]
+    assert messages_persist(batch=batch).inserted == 4
+    assert set(Message.objects.values_list("id", flat=True)) == set(ids)
+
+
+@pytest.mark.parametrize(
+    "received",
+    [float("nan"), float("inf"), 1e20, "yesterday", None],
+    ids=["nan", "inf", "huge", "text", "null"],
+)
+def test_a_receipt_time_that_is_no_time_goes_to_dead_letters(received: Any) -> None:
+    good = _rows(4)
+    bad = BatchRow(str(uuid.uuid4()), 1, 1, "hi", received)
+    result = messages_persist(batch=[*good[:2], bad, *good[2:]])
+    assert (result.inserted, result.dead) == (4, 1)
+    assert str(DeadLetter.objects.get().message_id) == bad.id
+
+
+def _inserts_counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each batch the INSERT ... ON CONFLICT fallback stores, from now on."""
+    sizes: list[int] = []
+    insert = services._rows_insert
+
+    def counted(batch: Any, committed_at: datetime) -> int:
+        sizes.append(len(batch))
+        return insert(batch, committed_at)
+
+    monkeypatch.setattr(services, "_rows_insert", counted)
+    return sizes
 
 
 def test_persist_accepts_the_extremes_validation_lets_through() -> None:
