@@ -27,6 +27,8 @@ logger = logging.getLogger("messages_app.worker")
 
 # Derived gauges (p99, current_rps) need a window read; once per half second across all workers.
 _DERIVED_EVERY_S = 0.5
+# Where a row (a list, as JSON decoded it) holds its receipt time.
+_RECEIVED = BatchRow._fields.index("received")
 
 
 # How much a job takes in from the jobs queued behind it: up to this many jobs, and no more rows
@@ -143,7 +145,7 @@ def _absorbed_forget(job: Job, absorbed: list[Job]) -> None:
 
 
 def _metrics_record(
-    rows: list[BatchRow], size: int, result: PersistResult, duration: float, worker: str | None
+    rows: list[list[Any]], size: int, result: PersistResult, duration: float, worker: str | None
 ) -> None:
     now = time.time()
     redis = redis_connection()
@@ -153,7 +155,7 @@ def _metrics_record(
             size=size,
             inserted=result.inserted,
             dead=result.dead,
-            latencies_ms=[(now - row.received) * 1000.0 for row in rows],
+            latencies_ms=[(now - row[_RECEIVED]) * 1000.0 for row in rows],
             duration_s=duration,
             worker=worker or f"{socket.gethostname()}:{os.getpid()}",
             now=now,

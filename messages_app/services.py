@@ -18,6 +18,7 @@ import django_rq
 import psycopg
 from django.conf import settings
 from django.db import DataError, IntegrityError, connection, transaction
+from psycopg.types.string import BytesBinaryDumper
 from rq import Queue, Retry
 
 from messages_app.job_writer import JobWriter
@@ -33,8 +34,8 @@ INGEST_QUEUE = "ingest"
 class BatchRow(NamedTuple):
     """One message of a batch, as the API accepted it.
 
-    In the rq job it travels as a JSON list in this field order (a tuple encodes as a list);
-    the worker rebuilds it with rows_decode().
+    In the rq job it travels as a JSON list in this field order (a tuple encodes as a list),
+    which the worker reads as it is (rows_decode()).
     """
 
     id: str
@@ -47,14 +48,16 @@ class BatchRow(NamedTuple):
 _ROW_FIELDS = len(BatchRow._fields)
 
 
-def rows_decode(batch: list[Any]) -> tuple[list[BatchRow], list[Any]]:
+def rows_decode(batch: list[Any]) -> tuple[list[list[Any]], list[Any]]:
     """A job's batch as JSON decoded it: its rows of the right shape, and whatever else it holds.
 
-    The values are not checked here: PostgreSQL refuses what does not fit, and messages_persist
-    sets those rows aside. A job not made by the API (corrupt, or enqueued by hand) may also hold
-    entries that are not rows at all; those are returned apart, for the dead-letter table.
+    The rows are the lists JSON made, in BatchRow's field order: building a BatchRow for each
+    cost ~0.15 us a row, and the worker reads their fields by position anyway. The values are
+    not checked here: PostgreSQL refuses what does not fit, and messages_persist sets those rows
+    aside. A job not made by the API (corrupt, or enqueued by hand) may also hold entries that
+    are not rows at all; those are returned apart, for the dead-letter table.
     """
-    rows = [BatchRow._make(entry) for entry in batch if type(entry) is list and len(entry) == _ROW_FIELDS]
+    rows = [entry for entry in batch if type(entry) is list and len(entry) == _ROW_FIELDS]
     if len(rows) == len(batch):
         return rows, []
     malformed = [entry for entry in batch if not (type(entry) is list and len(entry) == _ROW_FIELDS)]
@@ -138,10 +141,12 @@ def _rows_copy(batch: Sequence[Sequence[Any]], committed_at: datetime) -> int:
     rows = zip(_uuid_bytes(ids), user_ids, channel_ids, contents, created_at, itertools.repeat(committed_at))
     connection.ensure_connection()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        # Binary COPY sends a field's bytes and no type: a uuid's are its 16 bytes, which a bytea
+        # dumper passes through (psycopg's uuid dumper wants uuid.UUID objects, ~0.7 us a row to
+        # build from the strings). The bytea dumper psycopg picks by default also unwraps DB-API
+        # Binary objects, in Python; its plain bytes dumper is compiled: ~0.2 us a row less.
+        cursor.adapters.register_dumper(bytes, BytesBinaryDumper)
         with cursor.copy(_copy_sql()) as copy:
-            # Binary COPY sends a field's bytes and no type: a uuid's are its 16 bytes, which
-            # psycopg's bytea dumper passes through (its uuid dumper wants uuid.UUID objects,
-            # ~0.7 us a row to build from the strings).
             copy.set_types(["bytea", "int8", "int8", "text", "timestamptz", "timestamptz"])
             for row in rows:
                 copy.write_row(row)

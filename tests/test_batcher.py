@@ -34,12 +34,12 @@ def _batcher(*, size: int = 500, linger_s: float = 0.05, max_backlog: int = 1_00
 
 
 def _jobs() -> list[list[services.BatchRow]]:
-    """The batch of each job waiting in the `ingest` queue, rebuilt as the worker rebuilds it."""
+    """The batch of each job waiting in the `ingest` queue, as the worker reads it, in BatchRows."""
     batches = []
     for job in services.ingest_queue().get_jobs():
         rows, malformed = services.rows_decode(job.args[0])
         assert malformed == []
-        batches.append(rows)
+        batches.append([services.BatchRow._make(row) for row in rows])
     return batches
 
 
