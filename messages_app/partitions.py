@@ -4,9 +4,9 @@
 milliseconds, so the ids minted during one interval (a UTC day by default) form one contiguous
 UUID range: from the UUID whose first 48 bits are the interval's start and whose other bits are
 all zero, to the same for the next interval. The primary key stays `(id)` (it contains the
-partition key, which PostgreSQL requires of a unique index on a partitioned table), so
-`INSERT ... ON CONFLICT (id) DO NOTHING` keeps making one row per id: an id always maps to the same
-partition, whatever time it is received, retried or re-run.
+partition key, which PostgreSQL requires of a unique index on a partitioned table), so it keeps
+one row per id (the worker's COPY fails on a known id, its `INSERT ... ON CONFLICT (id) DO NOTHING`
+skips it): an id always maps to the same partition, whatever time it is received, retried or re-run.
 
 Rows whose id falls in no partition (an id that is not a UUIDv7, reaching the worker without the
 API, or a partition that was never created) land in `messages_default`, so nothing is refused for
