@@ -9,6 +9,7 @@ a lone message at once instead of lingering for company (messages_app/batcher.py
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -144,6 +145,12 @@ def _absorbed_forget(job: Job, absorbed: list[Job]) -> None:
         pipe.execute()
 
 
+def _is_time(value: Any) -> bool:
+    """A receipt time the latency can be taken from. A job made by hand may hold anything there;
+    its row is then a dead letter, and must not fail the job after the commit."""
+    return type(value) in (int, float) and math.isfinite(value)
+
+
 def _metrics_record(
     rows: list[list[Any]], size: int, result: PersistResult, duration: float, worker: str | None
 ) -> None:
@@ -155,7 +162,7 @@ def _metrics_record(
             size=size,
             inserted=result.inserted,
             dead=result.dead,
-            latencies_ms=[(now - row[_RECEIVED]) * 1000.0 for row in rows],
+            latencies_ms=[(now - row[_RECEIVED]) * 1000.0 for row in rows if _is_time(row[_RECEIVED])],
             duration_s=duration,
             worker=worker or f"{socket.gethostname()}:{os.getpid()}",
             now=now,

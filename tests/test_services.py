@@ -170,6 +170,18 @@ def test_a_receipt_time_that_is_no_time_goes_to_dead_letters(received: Any) -> N
     assert str(DeadLetter.objects.get().message_id) == bad.id
 
 
+def test_a_job_whose_row_has_no_receipt_time_finishes_with_its_metrics(redis_client: redis_lib.Redis) -> None:
+    """A job made by hand: its row is a dead letter, and the latencies skip it (they raised
+    after the commit, failing a job whose rows were already stored)."""
+    good = _rows(3)
+    services.batch_enqueue(batch=[*good, [str(uuid.uuid4()), 1, 1, "hi", "yesterday"]])
+    _work()
+    assert _stored_ids() == {row.id for row in good}
+    assert DeadLetter.objects.count() == 1
+    assert FailedJobRegistry(queue=services.ingest_queue()).count == 0
+    assert int(redis_client.get(metrics.TOTAL_MESSAGES) or 0) == 3
+
+
 def _inserts_counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The size of each batch the INSERT ... ON CONFLICT fallback stores, from now on."""
     sizes: list[int] = []
