@@ -25,7 +25,7 @@ from messages_app.batcher import Overloaded, batcher_for_loop
 from messages_app.http import RETRY_AFTER_S, json_error, method_not_allowed, require_safe
 from messages_app.partitions import uuid7_strings
 from messages_app.services import BatchRow, client_ids_claim, message_digest
-from messages_app.validation import ValidMessage, message_validate
+from messages_app.validation import ValidMessage, batch_decode, message_decode, message_validate
 
 
 def api_key_valid(*, x_api_key: str | None, authorization: str | None) -> bool:
@@ -64,8 +64,8 @@ def ingest_door(
     return None
 
 
-def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
-    """Decode the request body as JSON, or say precisely why not (401/413/415/400)."""
+def _body(request: HttpRequest) -> tuple[bytes, JsonResponse | None]:
+    """The request body once it passed the door, or the answer why not (401/413/415/400)."""
     # request.META, not request.headers: the latter builds a mapping of every header per request.
     meta = request.META
     problem = ingest_door(
@@ -75,14 +75,19 @@ def _json_body(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
         authorization=meta.get("HTTP_AUTHORIZATION"),
     )
     if problem is not None:
-        return None, problem
+        return b"", problem
     try:
         body = request.body
     except RequestDataTooBig:
-        return None, body_too_large()
+        return b"", body_too_large()
     # Also without a Content-Length (chunked): Django's own check uses DATA_UPLOAD_MAX_MEMORY_SIZE.
     if len(body) > settings.INGEST_MAX_BODY_BYTES:
-        return None, body_too_large()
+        return b"", body_too_large()
+    return body, None
+
+
+def _json_body(body: bytes) -> tuple[Any, JsonResponse | None]:
+    """Decode the body as JSON, or say precisely why not (400)."""
     try:
         return json.loads(body), None
     except (ValueError, RecursionError) as exc:
@@ -212,12 +217,17 @@ async def messages(request: HttpRequest) -> HttpResponse:
         return await messages_list(request)
     if request.method != "POST":
         return method_not_allowed(request, "GET, HEAD, POST")
-    payload, problem = _json_body(request)
+    body, problem = _body(request)
     if problem is not None:
         return _counted(problem)
-    message, errors = message_validate(payload)
+    message = message_decode(body)
     if message is None:
-        return _counted(json_error(422, "invalid message", errors=errors))
+        payload, problem = _json_body(body)
+        if problem is not None:
+            return _counted(problem)
+        message, errors = message_validate(payload)
+        if message is None:
+            return _counted(json_error(422, "invalid message", errors=errors))
     replay: bool | None = None  # said only for a client id
     if message.id is not None:
         claimed = await _claimed([message])
@@ -234,10 +244,10 @@ async def messages(request: HttpRequest) -> HttpResponse:
     if problem is not None:
         return _counted(problem)
     queued_at = datetime.fromtimestamp(received, tz=UTC).isoformat()
-    body: dict[str, Any] = {"message_id": row.id, "status": "queued", "queued_at": queued_at}
+    answer: dict[str, Any] = {"message_id": row.id, "status": "queued", "queued_at": queued_at}
     if replay is not None:
-        body["replay"] = replay
-    return JsonResponse(body, status=201)
+        answer["replay"] = replay
+    return JsonResponse(answer, status=201)
 
 
 @csrf_exempt
@@ -245,12 +255,20 @@ async def messages_batch(request: HttpRequest) -> HttpResponse:
     """POST up to INGEST_MAX_BATCH_ITEMS messages; good items land whatever the bad ones say."""
     if request.method != "POST":
         return method_not_allowed(request, "POST")
-    payload, problem = _json_body(request)
+    body, problem = _body(request)
     if problem is not None:
         return _counted(problem)
-    if type(payload) is not dict or type(payload.get("messages")) is not list:
-        return _counted(json_error(422, "body must be an object with a 'messages' list"))
-    items = payload["messages"]
+    decoded = batch_decode(body)  # every item valid, or None: then the general path says which not
+    items: list[Any]
+    if decoded is not None:
+        items = decoded
+    else:
+        payload, problem = _json_body(body)
+        if problem is not None:
+            return _counted(problem)
+        if type(payload) is not dict or type(payload.get("messages")) is not list:
+            return _counted(json_error(422, "body must be an object with a 'messages' list"))
+        items = payload["messages"]
     limit = settings.INGEST_MAX_BATCH_ITEMS
     if len(items) > limit:
         return _counted(json_error(413, f"batch of {len(items)} messages is over the limit of {limit}"))
@@ -259,12 +277,15 @@ async def messages_batch(request: HttpRequest) -> HttpResponse:
     received = time.time()
     valid: list[tuple[int, ValidMessage]] = []
     rejected: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
-        message, errors = message_validate(item)
-        if message is None:
-            rejected.append({"index": index, "errors": errors})
-        else:
-            valid.append((index, message))
+    if decoded is not None:
+        valid = list(enumerate(decoded))
+    else:
+        for index, item in enumerate(items):
+            message, errors = message_validate(item)
+            if message is None:
+                rejected.append({"index": index, "errors": errors})
+            else:
+                valid.append((index, message))
     outcome = await _batch_idempotency(valid)
     if isinstance(outcome, JsonResponse):
         return _counted(outcome)
@@ -281,18 +302,18 @@ async def messages_batch(request: HttpRequest) -> HttpResponse:
             continue
         rows.append(_row(message, received, minted))
         message_ids.append(rows[-1].id)
-    body: dict[str, Any] = {"accepted": len(accepted), "message_ids": message_ids, "rejected": rejected}
+    answer: dict[str, Any] = {"accepted": len(accepted), "message_ids": message_ids, "rejected": rejected}
     if replays:
-        body["replays"] = replays
+        answer["replays"] = replays
     if not rows:
         status = 409 if conflicts and len(conflicts) == len(rejected) else 422
-        return _counted(JsonResponse({"detail": "no valid message in the batch", **body}, status=status))
+        return _counted(JsonResponse({"detail": "no valid message in the batch", **answer}, status=status))
     problem = await _submit(rows)
     if problem is not None:
         return _counted(problem)
-    body["status"] = "queued"
-    body["queued_at"] = datetime.fromtimestamp(received, tz=UTC).isoformat()
-    return JsonResponse(body, status=201)
+    answer["status"] = "queued"
+    answer["queued_at"] = datetime.fromtimestamp(received, tz=UTC).isoformat()
+    return JsonResponse(answer, status=201)
 
 
 def _positive_int_param(request: HttpRequest, name: str, default: int | None, maximum: int) -> int | None:

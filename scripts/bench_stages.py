@@ -152,6 +152,9 @@ STAGE_RULES: dict[str, tuple[Rule, ...]] = {
         Rule("messages_app/services.py", "ingest_queue", ENQUEUE),
         Rule("rq/", "", ENQUEUE),
         Rule("django_rq/", "", ENQUEUE),
+        # The fast path's msgspec decode (C code, no frame of its own); its checks are _checked.
+        Rule("messages_app/validation.py", "message_decode", JSON_DECODE),
+        Rule("messages_app/validation.py", "batch_decode", JSON_DECODE),
         Rule("messages_app/validation.py", "", VALIDATION),
         Rule("messages_app/views.py", "_row", VALIDATION),
         Rule("uuid6/", "", VALIDATION),
