@@ -9,9 +9,10 @@ bodies is checked too, or a fast path that declined everything would pass.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -360,48 +361,59 @@ def _comparable(answer: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
+_batch = '{{"messages": [{}]}}'.format
+
+# (path, body, whether the fast path takes it)
 VIEW_BODIES = [
-    ("/messages", _item('"  stripped \\n"')),
-    ("/messages", _item(user_id="true")),
-    ("/messages", _item('"\\ud800"')),
-    ("/messages", _item(id="null")),
-    ("/messages", "[]"),
-    ("/messages", "{"),
+    ("/messages", _item('"  stripped \\n"'), True),
+    ("/messages", _item(id=f'"{NOW_ID.upper()}"'), True),
+    ("/messages", _item(user_id="true"), False),
+    ("/messages", _item('"\\ud800"'), False),
+    ("/messages", _item(id="null"), False),
+    ("/messages", _item(extra="1"), False),
+    ("/messages", "[]", False),
+    ("/messages", "{", False),
+    ("/messages/batch", _batch(", ".join([_item('" a "'), _item('"\\u0000"'), _item()])), False),
+    ("/messages/batch", _batch(", ".join([_item('" b "')] * 3)), True),
+    ("/messages/batch", _batch(", ".join([_item()] * 1001)), True),
+    ("/messages/batch", _batch(""), True),
+    ("/messages/batch", '{"messages": 5}', False),
+    ("/messages/batch", _batch(", ".join([_item(id=f'"{NOW_ID}"')] * 2)), True),
     (
         "/messages/batch",
-        '{"messages": [' + _item('" a "') + ", " + _item('"\\u0000"') + ", " + _item() + "]}",
+        _batch(", ".join([_item(id=f'"{NOW_ID}"'), _item('"other"', id=f'"{NOW_ID}"')])),
+        True,
     ),
-    ("/messages/batch", '{"messages": [' + ", ".join([_item('" b "')] * 3) + "]}"),
-    ("/messages/batch", '{"messages": [' + ", ".join([_item()] * 1001) + "]}"),
-    ("/messages/batch", '{"messages": []}'),
-    ("/messages/batch", '{"messages": 5}'),
-    ("/messages/batch", '{"messages": [' + _item(id=f'"{NOW_ID}"') + ", " + _item(id=f'"{NOW_ID}"') + "]}"),
 ]
 
 
-@pytest.mark.parametrize(("path", "raw"), VIEW_BODIES)
+@pytest.mark.parametrize(("path", "raw", "taken"), VIEW_BODIES)
 async def test_the_view_answers_the_same_with_and_without_the_fast_path(
     api: httpx.AsyncClient,
     redis_client: redis_lib.Redis,
     monkeypatch: pytest.MonkeyPatch,
     path: str,
     raw: str,
+    taken: bool,
 ) -> None:
     answers = []
     for fast in (True, False):
         redis_client.flushdb()
+        decoded: list[object] = []
+
+        def spy(
+            decode: Callable[[bytes], object], body: bytes, fast: bool = fast, decoded: list[object] = decoded
+        ) -> object:
+            decoded.append(decode(body) if fast else None)
+            return decoded[-1]
+
         with monkeypatch.context() as patch:
-            if not fast:
-                patch.setattr(views, "message_decode", lambda body: None)
-                patch.setattr(views, "batch_decode", lambda body: None)
+            patch.setattr(views, "message_decode", functools.partial(spy, message_decode))
+            patch.setattr(views, "batch_decode", functools.partial(spy, batch_decode))
             response = await api.post(
                 path, content=raw.encode(), headers={"Content-Type": "application/json"}
             )
+        assert [result is not None for result in decoded] == [fast and taken]
         rows = [row[1:4] for job in ingest_queue().get_jobs() for row in job.args[0]]
         answers.append((response.status_code, _comparable(response.json()), rows))
     assert answers[0] == answers[1]
-
-
-def test_the_fast_path_is_what_the_view_calls() -> None:
-    # The monkeypatching above only proves something while the view looks these names up.
-    assert views.message_decode is message_decode and views.batch_decode is batch_decode
