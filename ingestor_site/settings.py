@@ -220,7 +220,7 @@ RQ_QUEUES = {
             health_check_interval=30,
         ),
         "DEFAULT_TIMEOUT": 60,
-        "SERIALIZER": "rq.serializers.JSONSerializer",
+        "SERIALIZER": "messages_app.serializers.JSONSerializer",
     },
 }
 RQ_SHOW_ADMIN_LINK = True

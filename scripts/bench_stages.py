@@ -178,6 +178,7 @@ STAGE_RULES: dict[str, tuple[Rule, ...]] = {
         Rule("messages_app/jobs.py", "_metrics_record", WORKER_METRICS),
         Rule("messages_app/services.py", "rows_decode", JOB_DECODE),
         Rule("rq/serializers.py", "JSONSerializer.loads", JOB_DECODE),
+        Rule("messages_app/serializers.py", "JSONSerializer.loads", JOB_DECODE),
         Rule("rq/job.py", "Job._deserialize_data", JOB_DECODE),
         Rule("messages_app/services.py", "", INSERT),
         Rule("messages_app/jobs.py", "", INSERT),
