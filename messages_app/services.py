@@ -160,9 +160,14 @@ def _uuid_bytes(ids: Sequence[Any]) -> list[bytes]:
     dashes = "-" * count
     with contextlib.suppress(TypeError, ValueError):
         joined = "".join(ids)
-        # 36 characters each, dashes where the canonical form has them and nowhere else, and the
-        # rest hexadecimal digits: then every id is the 16 bytes of its 32 digits.
-        if len(joined) == 36 * count and all(joined[at::36] == dashes for at in (8, 13, 18, 23)):
+        # 36 characters each (not just in total: ids of 35 and 37 characters would join into two
+        # valid ones), dashes where the canonical form has them and nowhere else, and the rest
+        # hexadecimal digits: then every id is the 16 bytes of its 32 digits.
+        if (
+            len(joined) == 36 * count
+            and all(len(message_id) == 36 for message_id in ids)
+            and all(joined[at::36] == dashes for at in (8, 13, 18, 23))
+        ):
             raw = bytes.fromhex(joined.replace("-", ""))
             if len(raw) == 16 * count:
                 return [raw[at : at + 16] for at in range(0, len(raw), 16)]
@@ -172,7 +177,12 @@ def _uuid_bytes(ids: Sequence[Any]) -> list[bytes]:
 def _moments(received: Sequence[Any]) -> dict[Any, datetime]:
     """Each distinct receipt time as a datetime, the one the API's answer gave as `queued_at`: the
     rows of one request share theirs, so a batch holds few."""
-    return {moment: datetime.fromtimestamp(moment, tz=UTC) for moment in set(received)}
+    try:
+        return {moment: datetime.fromtimestamp(moment, tz=UTC) for moment in set(received)}
+    except (OSError, OverflowError) as exc:
+        # Past the platform's time_t (OverflowError) or its calendar (OSError, from ~1e17 s on):
+        # a hand-made job's row, not a time; ValueError sends it to the dead letters.
+        raise ValueError(f"receipt time out of range: {exc}") from exc
 
 
 def _rows_insert(batch: Sequence[Sequence[Any]], committed_at: datetime) -> int:

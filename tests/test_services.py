@@ -157,10 +157,26 @@ def test_ids_in_other_uuid_spellings_from_a_hand_made_job_are_stored_as_their_uu
     assert set(Message.objects.values_list("id", flat=True)) == set(ids)
 
 
+def test_ids_that_join_into_canonical_ones_are_not_stored_as_those() -> None:
+    """Ids of 35 and 37 characters join into two canonical UUIDs: they are dead letters, not the
+    two messages those would be."""
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    good = _rows(2)
+    cut, grown = (
+        BatchRow(first[:-1], 1, 1, "hi", time.time()),
+        BatchRow(first[-1] + second, 1, 1, "hi", time.time()),
+    )
+    batch = [*good, cut, grown]
+    result = messages_persist(batch=batch)
+    assert (result.inserted, result.dead) == (2, 2)
+    assert _stored_ids() == {row.id for row in good}
+    assert {letter.payload["id"] for letter in DeadLetter.objects.all()} == {first[:-1], first[-1] + second}
+
+
 @pytest.mark.parametrize(
     "received",
-    [float("nan"), float("inf"), 1e20, "yesterday", None],
-    ids=["nan", "inf", "huge", "text", "null"],
+    [float("nan"), float("inf"), 1e20, 1e18, -1e18, "yesterday", None],
+    ids=["nan", "inf", "huge", "past-the-calendar", "before-the-calendar", "text", "null"],
 )
 def test_a_receipt_time_that_is_no_time_goes_to_dead_letters(received: Any) -> None:
     good = _rows(4)
