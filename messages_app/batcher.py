@@ -16,7 +16,7 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from messages_app import services
 from telemetry import metrics
-from telemetry.connection import redis_connection
+from telemetry.connection import redis_async_client, redis_connection
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +58,18 @@ class Batcher:
     def __init__(
         self,
         *,
-        enqueue: Callable[..., services.Enqueued],
+        enqueue: Callable[..., services.Enqueued] | None = None,
+        enqueue_async: Callable[..., Awaitable[services.Enqueued]] | None = None,
         size: int,
         linger_s: float,
         max_backlog: int,
     ) -> None:
+        # One of the two: a blocking enqueue (run in this batcher's threads) or a coroutine of
+        # this loop's (no thread to wake and wait for: a lone message's answer comes sooner).
+        if (enqueue is None) == (enqueue_async is None):
+            raise TypeError("give one of enqueue and enqueue_async")
         self._enqueue = enqueue
+        self._enqueue_async = enqueue_async
         self._size = size
         self._linger_s = linger_s
         self._max_backlog = max_backlog
@@ -144,7 +150,11 @@ class Batcher:
 
     async def _flush_rows(self, rows: list[services.BatchRow], waiters: list[asyncio.Future[None]]) -> None:
         try:
-            enqueued = await self._in_thread(self._enqueue, batch=rows)
+            if self._enqueue_async is not None:
+                enqueued = await self._enqueue_async(batch=rows)
+            else:
+                assert self._enqueue is not None  # one of the two, checked at construction
+                enqueued = await self._in_thread(self._enqueue, batch=rows)
         except Exception as exc:
             logger.warning("Enqueueing a batch of %d failed: %s", len(rows), exc)
             if isinstance(exc, RedisError | OSError):
@@ -204,8 +214,18 @@ def batcher_for_loop() -> Batcher:
     loop = asyncio.get_running_loop()
     batcher = _batchers.get(loop)
     if batcher is None:
+        if settings.INGEST_REDIS_MIN_REPLICAS > 0:
+            # WAIT must follow the write on its own connection: the blocking client, in a thread.
+            enqueue, enqueue_async = services.batch_enqueue, None
+        else:
+            # The loop's own client, for as long as the loop (and so this batcher) lives.
+            enqueue, enqueue_async = (
+                None,
+                functools.partial(services.batch_enqueue_async, redis_async_client()),
+            )
         batcher = Batcher(
-            enqueue=services.batch_enqueue,
+            enqueue=enqueue,
+            enqueue_async=enqueue_async,
             size=settings.BATCH_SIZE,
             linger_s=settings.BATCH_LINGER_MS / 1000.0,
             max_backlog=settings.INGEST_MAX_BACKLOG,

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from redis import Redis
-from redis.commands.core import Script
+from redis.asyncio import Redis as AsyncRedis
+from redis.commands.core import AsyncScript, Script
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import now, utcformat
@@ -99,6 +100,8 @@ class JobWriter:
         static = {k: v for k, v in self.template.to_dict().items() if k not in PER_JOB_FIELDS}
         pairs = ", ".join(f"{_lua_string(key)}, {_lua_string(value)}" for key, value in static.items())
         self.script: Script = queue.connection.register_script(_SCRIPT.format(static=pairs))
+        # The same script for asyncio clients (its sha needs one's encoder: made at first use).
+        self._async_script: AsyncScript | None = None
 
     def _rq_job(
         self, *, args: tuple[Any, ...], meta: dict[str, Any], description: str, **options: Any
@@ -120,6 +123,18 @@ class JobWriter:
         data = serializer.dumps((self.func_name, None, (argument,), {}))
         return [at, zlib.compress(data, DATA_COMPRESSION_LEVEL), description, serializer.dumps(meta)]
 
+    def _call(
+        self, argument: Sequence[Any], *, meta: dict[str, Any], description: str, counted: int
+    ) -> tuple[str, list[Any], list[Any]]:
+        """A new job's id, and the script's keys and arguments that write it."""
+        job_id = str(uuid.uuid4())
+        second = int(time.time())
+        keys = [Job.key_for(job_id), self.queue.key, QUEUES_KEY, metrics.QUEUE_LENGTH, metrics.TOTAL_ACCEPTED,
+                metrics.second_key(second)]  # fmt: skip
+        args = [job_id, counted, metrics.SECOND_TTL_S,
+                *self.fields(argument, meta=meta, description=description, at=utcformat(now()))]  # fmt: skip
+        return job_id, keys, args
+
     def write(
         self,
         connection: Redis,
@@ -134,12 +149,7 @@ class JobWriter:
         """Enqueue one job on `connection` (the queue's Redis, or one standing in for it) and count
         `counted` messages accepted, atomically; with `min_replicas`, wait until that many replicas
         have it (telemetry.connection.replicated_pipeline)."""
-        job_id = str(uuid.uuid4())
-        second = int(time.time())
-        keys = [Job.key_for(job_id), self.queue.key, QUEUES_KEY, metrics.QUEUE_LENGTH, metrics.TOTAL_ACCEPTED,
-                metrics.second_key(second)]  # fmt: skip
-        args = [job_id, counted, metrics.SECOND_TTL_S,
-                *self.fields(argument, meta=meta, description=description, at=utcformat(now()))]  # fmt: skip
+        job_id, keys, args = self._call(argument, meta=meta, description=description, counted=counted)
         if min_replicas <= 0:
             backlog, waiting = self.script(keys=keys, args=args, client=connection)
         else:
@@ -148,4 +158,23 @@ class JobWriter:
             ) as pipe:
                 self.script(keys=keys, args=args, client=pipe)
                 ((backlog, waiting),) = pipe.execute()
+        return Written(job_id=job_id, backlog=int(backlog), jobs_waiting=int(waiting))
+
+    async def write_async(
+        self,
+        client: AsyncRedis,
+        argument: Sequence[Any],
+        *,
+        meta: dict[str, Any],
+        description: str,
+        counted: int,
+    ) -> Written:
+        """`write` on an asyncio client of the same Redis, for an event loop: the same job and
+        counters in the same one command, with no thread to wake and wait for. No `min_replicas`:
+        WAIT must follow on the very connection the write used (replicated_pipeline), which
+        redis-py's asyncio pool does not lend; callers that need it use `write` in a thread."""
+        job_id, keys, args = self._call(argument, meta=meta, description=description, counted=counted)
+        if self._async_script is None:
+            self._async_script = AsyncScript(client, self.script.script)
+        backlog, waiting = await self._async_script(keys=keys, args=args, client=client)
         return Written(job_id=job_id, backlog=int(backlog), jobs_waiting=int(waiting))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import redis as redis_lib
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue
 from rq.serializers import JSONSerializer
@@ -17,6 +20,7 @@ from ingestor_site.embedded import free_port
 from messages_app import batcher as batcher_module
 from messages_app import services
 from messages_app.batcher import Batcher, Overloaded
+from telemetry.connection import redis_async_client
 
 # A Batcher waits at most this long in these tests; far past any linger they configure.
 WAIT_S = 10
@@ -29,8 +33,27 @@ def _rows(count: int, channel_id: int = 1) -> list[services.BatchRow]:
     ]
 
 
-def _batcher(*, size: int = 500, linger_s: float = 0.05, max_backlog: int = 1_000_000) -> Batcher:
-    return Batcher(enqueue=services.batch_enqueue, size=size, linger_s=linger_s, max_backlog=max_backlog)
+MakeBatcher = Callable[..., Batcher]
+
+
+@pytest.fixture(params=["thread", "loop"])
+async def make_batcher(request: pytest.FixtureRequest) -> AsyncIterator[MakeBatcher]:
+    """Batchers with either enqueue: the blocking client in the batcher's threads (as with
+    INGEST_REDIS_MIN_REPLICAS) or an asyncio client on the test's loop (the default)."""
+    clients: list[AsyncRedis] = []
+
+    def make(*, size: int = 500, linger_s: float = 0.05, max_backlog: int = 1_000_000) -> Batcher:
+        if request.param == "thread":
+            return Batcher(
+                enqueue=services.batch_enqueue, size=size, linger_s=linger_s, max_backlog=max_backlog
+            )
+        clients.append(client := redis_async_client())
+        return Batcher(enqueue_async=functools.partial(services.batch_enqueue_async, client),
+                       size=size, linger_s=linger_s, max_backlog=max_backlog)  # fmt: skip
+
+    yield make
+    for client in clients:
+        await client.aclose()
 
 
 def _jobs() -> list[list[services.BatchRow]]:
@@ -43,16 +66,20 @@ def _jobs() -> list[list[services.BatchRow]]:
     return batches
 
 
-async def test_flushes_as_soon_as_it_holds_batch_size_rows(redis_client: redis_lib.Redis) -> None:
-    batcher = _batcher(size=3, linger_s=60)
+async def test_flushes_as_soon_as_it_holds_batch_size_rows(
+    redis_client: redis_lib.Redis, make_batcher: MakeBatcher
+) -> None:
+    batcher = make_batcher(size=3, linger_s=60)
     submits = [batcher.submit(_rows(1)) for _ in range(3)]
     # With a minute of linger, only the size trigger can answer these in time.
     await asyncio.wait_for(asyncio.gather(*submits), timeout=WAIT_S)
     assert [len(batch) for batch in _jobs()] == [3]
 
 
-async def test_a_submit_larger_than_batch_size_stays_one_job(redis_client: redis_lib.Redis) -> None:
-    batcher = _batcher(size=3, linger_s=60)
+async def test_a_submit_larger_than_batch_size_stays_one_job(
+    redis_client: redis_lib.Redis, make_batcher: MakeBatcher
+) -> None:
+    batcher = make_batcher(size=3, linger_s=60)
     rows = _rows(7)
     await asyncio.wait_for(batcher.submit(rows), timeout=WAIT_S)
     assert _jobs() == [rows]
@@ -60,8 +87,9 @@ async def test_a_submit_larger_than_batch_size_stays_one_job(redis_client: redis
 
 async def test_a_lone_message_goes_at_once_without_waiting_for_the_linger(
     redis_client: redis_lib.Redis,
+    make_batcher: MakeBatcher,
 ) -> None:
-    batcher = _batcher(size=500, linger_s=60)
+    batcher = make_batcher(size=500, linger_s=60)
     rows = _rows(2)
     # With a minute of linger, only "nothing in flight: go now" can answer this in time.
     await asyncio.wait_for(batcher.submit(rows), timeout=WAIT_S)
@@ -88,8 +116,42 @@ async def test_rows_arriving_during_a_flush_go_together_when_it_returns(
     assert [[row[2] for row in job] for job in _jobs()] == [[1], [2, 3, 4, 5]]
 
 
-async def test_many_concurrent_submits_share_one_job(redis_client: redis_lib.Redis) -> None:
-    batcher = _batcher(size=500, linger_s=1.0)
+async def test_rows_arriving_during_an_asyncio_flush_go_together_when_it_returns(
+    redis_client: redis_lib.Redis,
+) -> None:
+    release = asyncio.Event()
+    client = redis_async_client()
+
+    async def held_enqueue(*, batch: list[Any]) -> services.Enqueued:
+        await release.wait()  # the first flush stays out until the others have arrived
+        return await services.batch_enqueue_async(client, batch=batch)
+
+    batcher = Batcher(enqueue_async=held_enqueue, size=500, linger_s=60, max_backlog=1_000_000)
+    first = asyncio.ensure_future(batcher.submit(_rows(1, channel_id=1)))
+    await asyncio.sleep(0.05)
+    later = [asyncio.ensure_future(batcher.submit(_rows(1, channel_id=index))) for index in range(2, 6)]
+    await asyncio.sleep(0.05)
+    release.set()
+    try:
+        # With a minute of linger, only the first flush's return can send the others in time.
+        await asyncio.wait_for(asyncio.gather(first, *later), timeout=WAIT_S)
+    finally:
+        await client.aclose()
+    assert [[row[2] for row in job] for job in _jobs()] == [[1], [2, 3, 4, 5]]
+
+
+def test_a_batcher_takes_exactly_one_enqueue() -> None:
+    with pytest.raises(TypeError):
+        Batcher(size=1, linger_s=1, max_backlog=1)
+    with pytest.raises(TypeError):
+        Batcher(enqueue=services.batch_enqueue, enqueue_async=services.batch_enqueue_async,
+                size=1, linger_s=1, max_backlog=1)  # fmt: skip
+
+
+async def test_many_concurrent_submits_share_one_job(
+    redis_client: redis_lib.Redis, make_batcher: MakeBatcher
+) -> None:
+    batcher = make_batcher(size=500, linger_s=1.0)
     submits = [batcher.submit(_rows(1, channel_id=index + 1)) for index in range(200)]
     await asyncio.wait_for(asyncio.gather(*submits), timeout=WAIT_S)
     jobs = _jobs()
@@ -99,8 +161,10 @@ async def test_many_concurrent_submits_share_one_job(redis_client: redis_lib.Red
     assert int(redis_client.get("total_accepted") or 0) == 200
 
 
-async def test_consecutive_batches_become_separate_jobs(redis_client: redis_lib.Redis) -> None:
-    batcher = _batcher(size=500, linger_s=0.01)
+async def test_consecutive_batches_become_separate_jobs(
+    redis_client: redis_lib.Redis, make_batcher: MakeBatcher
+) -> None:
+    batcher = make_batcher(size=500, linger_s=0.01)
     first, second = _rows(2), _rows(3)
     await asyncio.wait_for(batcher.submit(first), timeout=WAIT_S)
     await asyncio.wait_for(batcher.submit(second), timeout=WAIT_S)
@@ -108,11 +172,13 @@ async def test_consecutive_batches_become_separate_jobs(redis_client: redis_lib.
 
 
 async def test_refuses_with_overloaded_when_the_backlog_reaches_the_maximum(
-    redis_client: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_client: redis_lib.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    make_batcher: MakeBatcher,
 ) -> None:
     monkeypatch.setattr(batcher_module, "_BACKLOG_REFRESH_S", 0.0)
     redis_client.set("queue_length", 10)
-    batcher = _batcher(max_backlog=5, linger_s=0.01)
+    batcher = make_batcher(max_backlog=5, linger_s=0.01)
     # The batcher learns the backlog from its own enqueue's reply (10 + 1)...
     await asyncio.wait_for(batcher.submit(_rows(1)), timeout=WAIT_S)
     assert batcher.backlog == 11
@@ -127,21 +193,32 @@ async def test_refuses_with_overloaded_when_the_backlog_reaches_the_maximum(
 
 
 async def test_a_backlog_exactly_at_the_maximum_is_refused(
-    redis_client: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_client: redis_lib.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    make_batcher: MakeBatcher,
 ) -> None:
     monkeypatch.setattr(batcher_module, "_BACKLOG_REFRESH_S", 0.0)
-    batcher = _batcher(max_backlog=3, linger_s=0.01)
+    batcher = make_batcher(max_backlog=3, linger_s=0.01)
     await asyncio.wait_for(batcher.submit(_rows(3)), timeout=WAIT_S)
     with pytest.raises(Overloaded):
         await batcher.submit(_rows(1))
 
 
-async def test_a_redis_error_reaches_every_waiter_of_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("path", ["thread", "loop"])
+async def test_a_redis_error_reaches_every_waiter_of_the_batch(
+    monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
     # A real Redis client aimed at a port nothing listens on: what the API meets when Redis is down.
-    unreachable = redis_lib.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
-    queue = Queue(services.INGEST_QUEUE, connection=unreachable, serializer=JSONSerializer)
-    monkeypatch.setattr(services, "ingest_queue", lambda: queue)
-    batcher = _batcher(size=3, linger_s=60)
+    unreachable_url = f"redis://127.0.0.1:{free_port()}/0"
+    if path == "thread":
+        unreachable = redis_lib.Redis.from_url(unreachable_url)
+        queue = Queue(services.INGEST_QUEUE, connection=unreachable, serializer=JSONSerializer)
+        monkeypatch.setattr(services, "ingest_queue", lambda: queue)
+        batcher = Batcher(enqueue=services.batch_enqueue, size=3, linger_s=60, max_backlog=1_000_000)
+    else:
+        client = AsyncRedis.from_url(unreachable_url)
+        enqueue_async = functools.partial(services.batch_enqueue_async, client)
+        batcher = Batcher(enqueue_async=enqueue_async, size=3, linger_s=60, max_backlog=1_000_000)
     results = await asyncio.wait_for(
         asyncio.gather(*(batcher.submit(_rows(1)) for _ in range(3)), return_exceptions=True), timeout=WAIT_S
     )
@@ -149,8 +226,10 @@ async def test_a_redis_error_reaches_every_waiter_of_the_batch(monkeypatch: pyte
     assert all(isinstance(result, RedisConnectionError) for result in results), results
 
 
-async def test_a_cancelled_waiter_does_not_cancel_its_batch(redis_client: redis_lib.Redis) -> None:
-    batcher = _batcher(size=500, linger_s=1.0)
+async def test_a_cancelled_waiter_does_not_cancel_its_batch(
+    redis_client: redis_lib.Redis, make_batcher: MakeBatcher
+) -> None:
+    batcher = make_batcher(size=500, linger_s=1.0)
     hung_up_rows, staying_rows = _rows(1), _rows(1)
     hung_up = asyncio.create_task(batcher.submit(hung_up_rows))
     staying = asyncio.create_task(batcher.submit(staying_rows))
@@ -164,8 +243,9 @@ async def test_a_cancelled_waiter_does_not_cancel_its_batch(redis_client: redis_
 
 async def test_a_waiter_cancelled_during_the_enqueue_leaves_the_batch_whole(
     redis_client: redis_lib.Redis,
+    make_batcher: MakeBatcher,
 ) -> None:
-    batcher = _batcher(size=2, linger_s=60)
+    batcher = make_batcher(size=2, linger_s=60)
     first = asyncio.create_task(batcher.submit(_rows(1)))
     second = asyncio.create_task(batcher.submit(_rows(1)))
     await asyncio.sleep(0)  # both joined; the size trigger started the flush

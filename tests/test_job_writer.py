@@ -21,7 +21,11 @@ from messages_app.job_writer import PER_JOB_FIELDS, QUEUES_KEY, JobWriter
 from messages_app.models import Message
 from messages_app.services import BatchRow, batch_enqueue
 from telemetry import metrics
-from telemetry.connection import ReplicasBehind
+from telemetry.connection import ReplicasBehind, redis_async_client
+
+# The two ways the API enqueues: the blocking client in a thread (with INGEST_REDIS_MIN_REPLICAS)
+# and an asyncio client on the event loop (the default).
+ENQUEUE_PATHS = ["blocking", "asyncio"]
 
 
 def _rows(count: int) -> list[BatchRow]:
@@ -33,9 +37,20 @@ def _writer() -> JobWriter:
     return services._persist_job_writer()
 
 
-def test_the_hash_is_rqs_own_field_for_field(redis_client: redis_lib.Redis) -> None:
+async def _enqueue(path: str, batch: list[BatchRow]) -> services.Enqueued:
+    if path == "blocking":
+        return batch_enqueue(batch=batch)
+    client = redis_async_client()
+    try:
+        return await services.batch_enqueue_async(client, batch=batch)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("path", ENQUEUE_PATHS)
+async def test_the_hash_is_rqs_own_field_for_field(redis_client: redis_lib.Redis, path: str) -> None:
     batch = _rows(3)
-    enqueued = batch_enqueue(batch=batch)
+    enqueued = await _enqueue(path, batch)
     (job,) = services.ingest_queue().get_jobs()
     written: dict[bytes, bytes] = redis_client.hgetall(job.key)  # type: ignore[assignment]
 
@@ -62,9 +77,10 @@ def test_the_hash_is_rqs_own_field_for_field(redis_client: redis_lib.Redis) -> N
     assert redis_client.sismember(QUEUES_KEY, services.ingest_queue().key)
 
 
-def test_rq_reads_the_job_back_with_its_options(redis_client: redis_lib.Redis) -> None:
+@pytest.mark.parametrize("path", ENQUEUE_PATHS)
+async def test_rq_reads_the_job_back_with_its_options(redis_client: redis_lib.Redis, path: str) -> None:
     batch = _rows(2)
-    batch_enqueue(batch=batch)
+    await _enqueue(path, batch)
     (job,) = services.ingest_queue().get_jobs()
     fetched = Job.fetch(job.id, connection=redis_client, serializer=JSONSerializer)
     assert fetched.func_name == services.PERSIST_JOB
@@ -81,9 +97,10 @@ def test_rq_reads_the_job_back_with_its_options(redis_client: redis_lib.Redis) -
     assert abs(fetched.enqueued_at.timestamp() - time.time()) < 60
 
 
-def test_the_counters_move_with_the_job(redis_client: redis_lib.Redis) -> None:
-    first = batch_enqueue(batch=_rows(5))
-    second = batch_enqueue(batch=_rows(2))
+@pytest.mark.parametrize("path", ENQUEUE_PATHS)
+async def test_the_counters_move_with_the_job(redis_client: redis_lib.Redis, path: str) -> None:
+    first = await _enqueue(path, _rows(5))
+    second = await _enqueue(path, _rows(2))
     assert (first.backlog, first.jobs_waiting) == (5, 1)
     assert (second.backlog, second.jobs_waiting) == (7, 2)
     assert int(redis_client.get(metrics.QUEUE_LENGTH) or 0) == 7
@@ -102,6 +119,18 @@ def test_an_rq_worker_runs_the_job(redis_client: redis_lib.Redis) -> None:
     assert {str(pk) for pk in Message.objects.values_list("id", flat=True)} == {row.id for row in batch}
     assert queue.count == 0
     assert int(redis_client.get(metrics.QUEUE_LENGTH) or 0) == 0
+
+
+@pytest.mark.parametrize("path", ENQUEUE_PATHS)
+async def test_a_redis_that_forgot_the_script_is_given_it_again(
+    redis_client: redis_lib.Redis, path: str
+) -> None:
+    """After a restart without persistence, or SCRIPT FLUSH, Redis no longer knows the script's
+    sha: the enqueue loads it again instead of failing."""
+    await _enqueue(path, _rows(1))
+    redis_client.script_flush()
+    enqueued = await _enqueue(path, _rows(1))
+    assert (enqueued.backlog, enqueued.jobs_waiting) == (2, 2)
 
 
 def test_with_replicas_required_a_write_no_replica_confirms_is_refused(redis_client: redis_lib.Redis) -> None:
