@@ -150,6 +150,8 @@ STAGE_RULES: dict[str, tuple[Rule, ...]] = {
         Rule("messages_app/batcher.py", "", BATCHER),
         Rule("messages_app/services.py", "batch_enqueue", ENQUEUE),
         Rule("messages_app/services.py", "ingest_queue", ENQUEUE),
+        Rule("messages_app/job_writer.py", "", ENQUEUE),
+        Rule("messages_app/serializers.py", "", ENQUEUE),
         Rule("rq/", "", ENQUEUE),
         Rule("django_rq/", "", ENQUEUE),
         # The fast path's msgspec decode (C code, no frame of its own); its checks are _checked.

@@ -80,6 +80,17 @@ def test_redis_calls_count_for_the_code_that_made_them(stages: ModuleType) -> No
     accepted = ";batch_enqueue (messages_app/services.py:110);accepted_record (telemetry/metrics.py:75)"
     assert _stage(stages, enqueue + redis_send, "web") == stages.ENQUEUE
     assert _stage(stages, enqueue.split(";Queue")[0] + accepted + redis_send, "web") == stages.WEB_METRICS
+    # The asyncio enqueue runs in a task of the loop: the job's fields, then the call to Redis.
+    enqueue_async = (
+        ROOT_WEB + ";Batcher._flush_rows (messages_app/batcher.py:154)"
+        ";batch_enqueue_async (messages_app/services.py:120);JobWriter.write_async (messages_app/job_writer.py:170)"
+    )
+    fields = (
+        ";JobWriter._call (messages_app/job_writer.py:130);JobWriter.fields (messages_app/job_writer.py:121)"
+    )
+    async_send = ";AsyncScript.__call__ (redis/commands/core.py:10960);Redis.execute_command (redis/asyncio/client.py:700)"
+    assert _stage(stages, enqueue_async + fields, "web") == stages.ENQUEUE
+    assert _stage(stages, enqueue_async + async_send, "web") == stages.ENQUEUE
     job_metrics = ROOT_WORKER + JOB + ";_metrics_record (messages_app/jobs.py:60)"
     assert _stage(stages, job_metrics + redis_send, "worker") == stages.WORKER_METRICS
     heartbeat = ROOT_WORKER.split(";SimpleWorker")[0] + ";BaseWorker.heartbeat (rq/worker/base.py:1232)"
