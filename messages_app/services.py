@@ -95,7 +95,8 @@ def batch_enqueue(*, batch: Sequence[Sequence[Any]]) -> Enqueued:
     by INGEST_REDIS_MIN_REPLICAS replicas when set).
 
     `batch` holds BatchRows, or lists in BatchRow's field order (tests, jobs made by hand).
-    Blocking (redis-py): async callers run it in a thread, once per batch rather than per message.
+    Blocking (redis-py): the API's batcher runs it in a thread, once per batch, only when
+    INGEST_REDIS_MIN_REPLICAS asks for WAIT; otherwise it awaits batch_enqueue_async.
     """
     written = _persist_job_writer().write(
         ingest_queue().connection,
