@@ -166,3 +166,17 @@ def test_the_goals_are_ratios_of_figures_from_the_same_run(bench: ModuleType) ->
     assert "| 0.40 (0.40–0.40) (40,000 against 100,000) | no |" in text
     assert "| 1 | 40,000 | 60,000 | 90% | 30% | 60% | 2% | 1% | 183% of 200% | web |" in text
     assert "$" not in text
+
+
+def test_the_copy_reference_stores_the_rows_the_batch_load_stores(bench: ModuleType) -> None:
+    """The indexes' cost depends on the values: the reference must be the load's own rows."""
+    limits_module = sys.modules["bench_limits"]
+    rows = limits_module.load_like_rows(3_000)
+    assert len({row[0] for row in rows}) == 3_000, "an id of its own each"
+    # One receipt time per request of 1,000, later for each request.
+    receipts = [row[4] for row in rows]
+    assert receipts[0] == receipts[999] < receipts[1_000] == receipts[1_999] < receipts[2_000]
+    # Users and channels as the load's bodies draw them (10,000 users, 100 channels), not in sequence.
+    assert all(1 <= row[1] <= 10_000 and 1 <= row[2] <= 100 for row in rows)
+    assert [row[1] for row in rows[:5]] != list(range(1, 6))
+    assert len({row[1] for row in rows[:1_000]}) > 900
