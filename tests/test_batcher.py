@@ -96,6 +96,18 @@ async def test_a_lone_message_goes_at_once_without_waiting_for_the_linger(
     assert _jobs() == [rows]
 
 
+async def _rows_during_a_held_flush_go_together(batcher: Batcher, release: Callable[[], None]) -> None:
+    """One row, then four while its flush is held out (by the batcher's enqueue) until `release`."""
+    first = asyncio.ensure_future(batcher.submit(_rows(1, channel_id=1)))
+    await asyncio.sleep(0.05)
+    later = [asyncio.ensure_future(batcher.submit(_rows(1, channel_id=index))) for index in range(2, 6)]
+    await asyncio.sleep(0.05)
+    release()
+    # With a minute of linger, only the first flush's return can send the others in time.
+    await asyncio.wait_for(asyncio.gather(first, *later), timeout=WAIT_S)
+    assert [[row[2] for row in job] for job in _jobs()] == [[1], [2, 3, 4, 5]]
+
+
 async def test_rows_arriving_during_a_flush_go_together_when_it_returns(
     redis_client: redis_lib.Redis,
 ) -> None:
@@ -106,14 +118,7 @@ async def test_rows_arriving_during_a_flush_go_together_when_it_returns(
         return services.batch_enqueue(batch=batch)
 
     batcher = Batcher(enqueue=held_enqueue, size=500, linger_s=60, max_backlog=1_000_000)
-    first = asyncio.ensure_future(batcher.submit(_rows(1, channel_id=1)))
-    await asyncio.sleep(0.05)
-    later = [asyncio.ensure_future(batcher.submit(_rows(1, channel_id=index))) for index in range(2, 6)]
-    await asyncio.sleep(0.05)
-    release.set()
-    # With a minute of linger, only the first flush's return can send the others in time.
-    await asyncio.wait_for(asyncio.gather(first, *later), timeout=WAIT_S)
-    assert [[row[2] for row in job] for job in _jobs()] == [[1], [2, 3, 4, 5]]
+    await _rows_during_a_held_flush_go_together(batcher, release.set)
 
 
 async def test_rows_arriving_during_an_asyncio_flush_go_together_when_it_returns(
@@ -127,17 +132,10 @@ async def test_rows_arriving_during_an_asyncio_flush_go_together_when_it_returns
         return await services.batch_enqueue_async(client, batch=batch)
 
     batcher = Batcher(enqueue_async=held_enqueue, size=500, linger_s=60, max_backlog=1_000_000)
-    first = asyncio.ensure_future(batcher.submit(_rows(1, channel_id=1)))
-    await asyncio.sleep(0.05)
-    later = [asyncio.ensure_future(batcher.submit(_rows(1, channel_id=index))) for index in range(2, 6)]
-    await asyncio.sleep(0.05)
-    release.set()
     try:
-        # With a minute of linger, only the first flush's return can send the others in time.
-        await asyncio.wait_for(asyncio.gather(first, *later), timeout=WAIT_S)
+        await _rows_during_a_held_flush_go_together(batcher, release.set)
     finally:
         await client.aclose()
-    assert [[row[2] for row in job] for job in _jobs()] == [[1], [2, 3, 4, 5]]
 
 
 def test_a_batcher_takes_exactly_one_enqueue() -> None:
