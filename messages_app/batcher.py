@@ -214,6 +214,10 @@ def batcher_for_loop() -> Batcher:
     loop = asyncio.get_running_loop()
     batcher = _batchers.get(loop)
     if batcher is None:
+        # A batcher's Redis client holds its loop (through its connections' transports), so the
+        # weak keys alone never let go of a finished loop (tests, async_to_sync): drop those here.
+        for finished in [other for other in _batchers if other.is_closed()]:
+            del _batchers[finished]
         if settings.INGEST_REDIS_MIN_REPLICAS > 0:
             # WAIT must follow the write on its own connection: the blocking client, in a thread.
             enqueue, enqueue_async = services.batch_enqueue, None

@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.commands.core import AsyncScript, Script
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import now, utcformat
@@ -100,8 +101,6 @@ class JobWriter:
         static = {k: v for k, v in self.template.to_dict().items() if k not in PER_JOB_FIELDS}
         pairs = ", ".join(f"{_lua_string(key)}, {_lua_string(value)}" for key, value in static.items())
         self.script: Script = queue.connection.register_script(_SCRIPT.format(static=pairs))
-        # The same script for asyncio clients (its sha needs one's encoder: made at first use).
-        self._async_script: AsyncScript | None = None
 
     def _rq_job(
         self, *, args: tuple[Any, ...], meta: dict[str, Any], description: str, **options: Any
@@ -174,7 +173,11 @@ class JobWriter:
         WAIT must follow on the very connection the write used (replicated_pipeline), which
         redis-py's asyncio pool does not lend; callers that need it use `write` in a thread."""
         job_id, keys, args = self._call(argument, meta=meta, description=description, counted=counted)
-        if self._async_script is None:
-            self._async_script = AsyncScript(client, self.script.script)
-        backlog, waiting = await self._async_script(keys=keys, args=args, client=client)
+        # By its sha, as Script does (redis-py's AsyncScript would keep its first client, and so
+        # that client's event loop, alive for as long as this process-wide writer).
+        try:
+            backlog, waiting = await client.evalsha(self.script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a Redis restarted without its scripts, or after SCRIPT FLUSH
+            await client.script_load(self.script.script)
+            backlog, waiting = await client.evalsha(self.script.sha, len(keys), *keys, *args)
         return Written(job_id=job_id, backlog=int(backlog), jobs_waiting=int(waiting))

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 import redis as redis_lib
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -224,6 +226,35 @@ async def test_a_redis_error_reaches_every_waiter_of_the_batch(
     assert all(isinstance(result, RedisConnectionError) for result in results), results
 
 
+@pytest.fixture
+def frozen_redis_url() -> Iterator[str]:
+    """A port that takes connections (the kernel's backlog) and never answers: a frozen Redis."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+@pytest.mark.parametrize("path", ["thread", "loop"])
+async def test_a_frozen_redis_fails_the_batch_after_the_socket_timeout(
+    monkeypatch: pytest.MonkeyPatch, frozen_redis_url: str, path: str
+) -> None:
+    """Its waiters hear a Redis timeout once the read times out (the API's 503), not never."""
+    if path == "thread":
+        frozen = redis_lib.Redis.from_url(frozen_redis_url, socket_timeout=0.3, socket_connect_timeout=0.3)
+        queue = Queue(services.INGEST_QUEUE, connection=frozen, serializer=JSONSerializer)
+        monkeypatch.setattr(services, "ingest_queue", lambda: queue)
+        batcher = Batcher(enqueue=services.batch_enqueue, size=2, linger_s=60, max_backlog=1_000_000)
+    else:
+        client = AsyncRedis.from_url(frozen_redis_url, socket_timeout=0.3, socket_connect_timeout=0.3)
+        enqueue_async = functools.partial(services.batch_enqueue_async, client)
+        batcher = Batcher(enqueue_async=enqueue_async, size=2, linger_s=60, max_backlog=1_000_000)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit(_rows(1)) for _ in range(2)), return_exceptions=True), timeout=WAIT_S
+    )
+    if path == "loop":
+        await client.aclose()
+    assert all(isinstance(result, RedisTimeoutError) for result in results), results
+
+
 async def test_a_cancelled_waiter_does_not_cancel_its_batch(
     redis_client: redis_lib.Redis, make_batcher: MakeBatcher
 ) -> None:
@@ -303,3 +334,19 @@ async def test_after_redis_failed_it_answers_at_once_then_tries_again(
     await asyncio.sleep(0.35)
     await asyncio.wait_for(batcher.submit(_rows(1)), WAIT_S)
     assert calls == [1, 1]
+
+
+def test_a_finished_loop_lets_go_of_its_batcher(redis_client: redis_lib.Redis) -> None:
+    """A batcher's client holds its loop, so the weak keys alone would keep every finished loop
+    (one per async test, one per async_to_sync call) with its batcher and open connection."""
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def submit_one() -> None:
+        loops.append(asyncio.get_running_loop())
+        await asyncio.wait_for(batcher_module.batcher_for_loop().submit(_rows(1)), timeout=WAIT_S)
+
+    asyncio.run(submit_one())
+    asyncio.run(submit_one())
+    assert loops[0] not in batcher_module._batchers
+    assert loops[1] in batcher_module._batchers
+    assert len(_jobs()) == 2

@@ -365,14 +365,16 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
 def assert_refused_at_once(client: httpx.Client, refused_ids: list[str]) -> dict[str, float]:
     """POST a message and a batch and GET /health while Redis is away: each a 503 with Retry-After.
 
-    The messages carry client ids, added to `refused_ids`. Returns the seconds each answer took
-    (a figure to report, not a timing assert).
+    All but one message carry client ids; those ids, and the id the server gave the one without
+    (which goes straight to the batcher's enqueue: no id to claim first), are added to
+    `refused_ids`. Returns the seconds each answer took (a figure to report, not a timing assert).
     """
     ids = [str(uuid6.uuid7()) for _ in range(3)]
     refused_ids += ids
     elapsed: dict[str, float] = {}
     for name, path, payload in (
         ("single", "/messages", {**message(1), "id": ids[0]}),
+        ("single_no_id", "/messages", message(4)),
         (
             "batch",
             "/messages/batch",
@@ -384,9 +386,14 @@ def assert_refused_at_once(client: httpx.Client, refused_ids: list[str]) -> dict
         elapsed[name] = time.monotonic() - started
         assert response.status_code == 503, response.text
         assert response.headers["Retry-After"].isdigit()
-        # The ids to retry with: a client's own, echoed back.
-        sent = [payload["id"]] if "id" in payload else [item["id"] for item in payload["messages"]]
-        assert response.json()["message_ids"] == sent
+        # The ids to retry with: a client's own, echoed back, or the one the server gave.
+        if "messages" in payload:
+            assert response.json()["message_ids"] == [item["id"] for item in payload["messages"]]
+        elif "id" in payload:
+            assert response.json()["message_ids"] == [payload["id"]]
+        else:
+            (minted,) = response.json()["message_ids"]
+            refused_ids.append(minted)
     started = time.monotonic()
     health = client.get("/health")
     elapsed["health"] = time.monotonic() - started
