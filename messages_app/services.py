@@ -180,10 +180,8 @@ def _uuid_bytes(ids: Sequence[Any]) -> list[bytes]:
         # 36 characters each (not just in total: ids of 35 and 37 characters would join into two
         # valid ones), dashes where the canonical form has them and nowhere else, and the rest
         # hexadecimal digits: then every id is the 16 bytes of its 32 digits.
-        if (
-            len(joined) == 36 * count
-            and all(len(message_id) == 36 for message_id in ids)
-            and all(joined[at::36] == dashes for at in (8, 13, 18, 23))
+        if all(len(message_id) == 36 for message_id in ids) and all(
+            joined[at::36] == dashes for at in (8, 13, 18, 23)
         ):
             raw = bytes.fromhex(joined.replace("-", ""))
             if len(raw) == 16 * count:
