@@ -101,9 +101,7 @@ def batch_enqueue(*, batch: Sequence[Sequence[Any]]) -> Enqueued:
     written = _persist_job_writer().write(
         ingest_queue().connection,
         batch,
-        meta={JOB_ROWS_META: len(batch)},
-        description=f"persist a batch of {len(batch)} messages",
-        counted=len(batch),
+        **_persist_job_of(batch),
         min_replicas=settings.INGEST_REDIS_MIN_REPLICAS,
         replica_timeout_ms=settings.INGEST_REDIS_REPLICA_TIMEOUT_MS,
     )
@@ -115,14 +113,17 @@ async def batch_enqueue_async(client: AsyncRedis, *, batch: Sequence[Sequence[An
     loop it runs on: the batcher's way while INGEST_REDIS_MIN_REPLICAS is 0. A blocking enqueue
     in a thread wakes that thread and then the loop again for every flush, each wake-up of a
     sleeping core ~0.1 ms on this kind of virtual machine: most of what a lone message waited."""
-    written = await _persist_job_writer().write_async(
-        client,
-        batch,
-        meta={JOB_ROWS_META: len(batch)},
-        description=f"persist a batch of {len(batch)} messages",
-        counted=len(batch),
-    )
+    written = await _persist_job_writer().write_async(client, batch, **_persist_job_of(batch))
     return Enqueued(backlog=written.backlog, jobs_waiting=written.jobs_waiting)
+
+
+def _persist_job_of(batch: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """What a persist job of `batch` says of itself, and the messages it counts as accepted."""
+    return {
+        "meta": {JOB_ROWS_META: len(batch)},
+        "description": f"persist a batch of {len(batch)} messages",
+        "counted": len(batch),
+    }
 
 
 @functools.cache

@@ -204,24 +204,34 @@ async def test_a_backlog_exactly_at_the_maximum_is_refused(
         await batcher.submit(_rows(1))
 
 
+def _batcher_on_redis_at(url: str, path: str, monkeypatch: pytest.MonkeyPatch, size: int) -> Batcher:
+    """A batcher whose enqueue (in its threads, or on the loop) goes to the Redis at `url`, with
+    short timeouts."""
+    timeouts: dict[str, Any] = {"socket_timeout": 0.3, "socket_connect_timeout": 0.3}
+    if path == "thread":
+        elsewhere = redis_lib.Redis.from_url(url, **timeouts)
+        queue = Queue(services.INGEST_QUEUE, connection=elsewhere, serializer=JSONSerializer)
+        monkeypatch.setattr(services, "ingest_queue", lambda: queue)
+        return Batcher(enqueue=services.batch_enqueue, size=size, linger_s=60, max_backlog=1_000_000)
+    enqueue_async = functools.partial(services.batch_enqueue_async, AsyncRedis.from_url(url, **timeouts))
+    return Batcher(enqueue_async=enqueue_async, size=size, linger_s=60, max_backlog=1_000_000)
+
+
+async def _submit_each(batcher: Batcher, count: int) -> list[Any]:
+    """`count` submits of a row each, with what each raised (None when it landed)."""
+    return await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit(_rows(1)) for _ in range(count)), return_exceptions=True),
+        timeout=WAIT_S,
+    )
+
+
 @pytest.mark.parametrize("path", ["thread", "loop"])
 async def test_a_redis_error_reaches_every_waiter_of_the_batch(
     monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
     # A real Redis client aimed at a port nothing listens on: what the API meets when Redis is down.
-    unreachable_url = f"redis://127.0.0.1:{free_port()}/0"
-    if path == "thread":
-        unreachable = redis_lib.Redis.from_url(unreachable_url)
-        queue = Queue(services.INGEST_QUEUE, connection=unreachable, serializer=JSONSerializer)
-        monkeypatch.setattr(services, "ingest_queue", lambda: queue)
-        batcher = Batcher(enqueue=services.batch_enqueue, size=3, linger_s=60, max_backlog=1_000_000)
-    else:
-        client = AsyncRedis.from_url(unreachable_url)
-        enqueue_async = functools.partial(services.batch_enqueue_async, client)
-        batcher = Batcher(enqueue_async=enqueue_async, size=3, linger_s=60, max_backlog=1_000_000)
-    results = await asyncio.wait_for(
-        asyncio.gather(*(batcher.submit(_rows(1)) for _ in range(3)), return_exceptions=True), timeout=WAIT_S
-    )
+    batcher = _batcher_on_redis_at(f"redis://127.0.0.1:{free_port()}/0", path, monkeypatch, size=3)
+    results = await _submit_each(batcher, 3)
     assert len(results) == 3
     assert all(isinstance(result, RedisConnectionError) for result in results), results
 
@@ -238,20 +248,7 @@ async def test_a_frozen_redis_fails_the_batch_after_the_socket_timeout(
     monkeypatch: pytest.MonkeyPatch, frozen_redis_url: str, path: str
 ) -> None:
     """Its waiters hear a Redis timeout once the read times out (the API's 503), not never."""
-    if path == "thread":
-        frozen = redis_lib.Redis.from_url(frozen_redis_url, socket_timeout=0.3, socket_connect_timeout=0.3)
-        queue = Queue(services.INGEST_QUEUE, connection=frozen, serializer=JSONSerializer)
-        monkeypatch.setattr(services, "ingest_queue", lambda: queue)
-        batcher = Batcher(enqueue=services.batch_enqueue, size=2, linger_s=60, max_backlog=1_000_000)
-    else:
-        client = AsyncRedis.from_url(frozen_redis_url, socket_timeout=0.3, socket_connect_timeout=0.3)
-        enqueue_async = functools.partial(services.batch_enqueue_async, client)
-        batcher = Batcher(enqueue_async=enqueue_async, size=2, linger_s=60, max_backlog=1_000_000)
-    results = await asyncio.wait_for(
-        asyncio.gather(*(batcher.submit(_rows(1)) for _ in range(2)), return_exceptions=True), timeout=WAIT_S
-    )
-    if path == "loop":
-        await client.aclose()
+    results = await _submit_each(_batcher_on_redis_at(frozen_redis_url, path, monkeypatch, size=2), 2)
     assert all(isinstance(result, RedisTimeoutError) for result in results), results
 
 
