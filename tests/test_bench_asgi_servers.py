@@ -1,0 +1,69 @@
+"""scripts/bench_asgi_servers.py: its app does what each timed path says, under the real granian."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+from django.conf import settings
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_asgi_servers.py"
+
+
+@pytest.fixture(scope="module")
+def servers_bench() -> ModuleType:
+    """The script as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_asgi_servers", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_asgi_servers"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+async def _call(module: ModuleType, path: str, body: list[bytes]) -> tuple[int, list[str]]:
+    """Run the app on one request whose body arrives in `body`'s chunks: its status, and what it did."""
+    done: list[str] = []
+    chunks = list(body)
+
+    async def receive() -> Mapping[str, Any]:
+        done.append("receive")
+        chunk = chunks.pop(0) if chunks else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    sent: list[Mapping[str, Any]] = []
+
+    async def send(message: Mapping[str, Any]) -> None:
+        sent.append(message)
+
+    await module.app({"type": "http", "path": path, "method": "POST"}, receive, send)
+    return int(sent[0]["status"]), done
+
+
+async def test_get_reads_no_body_and_post_reads_all_of_it(
+    servers_bench: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await _call(servers_bench, "/get", [b"ignored"]) == (200, [])
+    assert await _call(servers_bench, "/post", [b'{"a":', b" 1}"]) == (200, ["receive", "receive"])
+    monkeypatch.setenv("REDIS_URL", settings.REDIS_URL)
+    status, done = await _call(servers_bench, "/post-redis", [b"{}"])
+    assert (status, done) == (200, ["receive"])
+    client = next(iter(servers_bench._clients.values()))
+    assert await client.ping() is True  # the real Redis it waited for
+    await client.aclose()
+    servers_bench._clients.clear()
+
+
+def test_granian_serves_the_app_and_stops(servers_bench: ModuleType) -> None:
+    command = servers_bench.servers()["granian"]
+    with servers_bench.serving(command) as url:
+        assert httpx.post(f"{url}/post", content=b'{"x": 1}', timeout=5).json() == {"ok": True}
+        port = int(url.rsplit(":", 1)[1])
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/get", timeout=2)
