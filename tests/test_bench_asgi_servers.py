@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Mapping
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -13,18 +10,13 @@ import httpx
 import pytest
 from django.conf import settings
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_asgi_servers.py"
+from tests.scripts import script_module
 
 
 @pytest.fixture(scope="module")
 def servers_bench() -> ModuleType:
     """The script as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_asgi_servers", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_asgi_servers"] = module
-    spec.loader.exec_module(module)
-    return module
+    return script_module("bench_asgi_servers")
 
 
 async def _call(module: ModuleType, path: str, body: list[bytes]) -> tuple[int, list[str]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
 import sys
 from datetime import UTC, datetime
@@ -13,19 +12,13 @@ from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+from tests.scripts import script_module
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
     """scripts/bench.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up by name while the class is built.
-    sys.modules["bench"] = module
-    spec.loader.exec_module(module)
-    return module
+    return script_module("bench")
 
 
 def _load_report(*, throughput: float, persisted: float, p99: float, e2e_p99: float) -> dict[str, Any]:

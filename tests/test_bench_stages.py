@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_stages.py"
+from tests.scripts import script_module
 
 ROOT_WEB = (
     "thread (101): MainThread;_run_module_as_main (<frozen runpy>:198);"
@@ -34,12 +32,7 @@ JOB = ";persist_batch (messages_app/jobs.py:33)"
 @pytest.fixture(scope="module")
 def stages() -> ModuleType:
     """scripts/bench_stages.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_stages", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_stages"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return script_module("bench_stages")
 
 
 def _stage(stages: ModuleType, line: str, kind: str) -> str:
