@@ -24,22 +24,21 @@ import asyncio
 import contextlib
 import importlib.util
 import os
-import re
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from redis.asyncio import Redis  # noqa: E402
+
+from ingestor_site.embedded import free_port  # noqa: E402
+from ingestor_site.processes import live_wait, spawn, stop  # noqa: E402
+
 PATHS = ("get", "post", "post-redis")
 _clients: dict[asyncio.AbstractEventLoop, Redis] = {}
 
@@ -82,58 +81,18 @@ def servers() -> dict[str, list[str]]:
     return commands
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def p50_us(url: str, seconds: int, script: Path | None) -> float:
-    """wrk's p50 on one connection, in microseconds."""
-    command = [
-        "wrk",
-        "-t1",
-        "-c1",
-        f"-d{seconds}s",
-        "--latency",
-        *(["-s", str(script)] if script else []),
-        url,
-    ]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout  # noqa: S603
-    match = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", output)
-    if match is None:
-        raise RuntimeError(f"no p50 in wrk's output:\n{output}")
-    value, unit = float(match.group(1)), match.group(2)
-    return value if unit == "us" else value * 1000 if unit == "ms" else value * 1_000_000
-
-
 @contextlib.contextmanager
-def serving(command: list[str]) -> Any:
-    """The server started on a free port, its URL yielded once it answers; stopped by its pid."""
+def serving(command: list[str]) -> Iterator[str]:
+    """The server started on a free port as `make run` starts its own (a process group, guarded
+    by the watchdog), its URL yielded once it answers; stopped by its pid."""
     port = free_port()
-    process = subprocess.Popen(  # noqa: S603
-        [part.replace("{port}", str(port)) for part in command],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    process = spawn([part.replace("{port}", str(port)) for part in command], env=dict(os.environ))
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                error = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                raise RuntimeError(f"{command[2:4]} did not start: {error}")
-            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        live_wait(url, process=process, timeout_s=20)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop([process], label=command[2])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per server and path; p50s are medians")
     parser.add_argument("--seconds", type=int, default=3, help="wrk's duration per run")
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (Debian/Ubuntu: apt-get install -y wrk)", file=sys.stderr)
+    from bench import wrk, wrk_missing  # noqa: PLC0415  # scripts/ is on sys.path when run as a script
+
+    if wrk_missing():
         return 2
     figures: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -156,12 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.runs):  # servers in turn, so that both meet the same noise
             for name, command in servers().items():
                 with serving(command) as url:
-                    p50_us(f"{url}/get", 1, None)  # warm-up
+                    wrk(f"{url}/get", connections=1, duration_s=1)  # warm-up
                     for path in PATHS:
                         script = None if path == "get" else post
-                        figures.setdefault(name, {}).setdefault(path, []).append(
-                            p50_us(f"{url}/{path}", args.seconds, script)
-                        )
+                        run = wrk(f"{url}/{path}", connections=1, duration_s=args.seconds, script=script)
+                        figures.setdefault(name, {}).setdefault(path, []).append(run["p50"] * 1000)
     print(
         "| server | " + " | ".join(f"{path} p50 µs" for path in PATHS) + " | post / get | post-redis / get |"
     )
