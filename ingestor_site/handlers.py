@@ -113,9 +113,10 @@ async def body_read_capped(receive: Receive, *, limit: int, timeout_s: float) ->
         raise BodyRefused(json_error(408, f"request body not received within {timeout_s:g}s")) from None
 
 
-async def hang_up_wait(receive: Receive, *, body_unread: bool) -> None:
-    """Raise RequestAborted once the client hangs up. The body of a request whose body was not
-    read is discarded as it arrives meanwhile (only while its view runs and answers)."""
+async def hang_up_wait(receive: Receive) -> None:
+    """Raise RequestAborted once the client hangs up. The request's body, which its view does
+    not read, is discarded as it arrives meanwhile (only while the view runs and answers)."""
+    body_unread = True
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -136,7 +137,8 @@ class ApiASGIHandler(ASGIHandler):
 
     - URL resolution, the view, exception-to-response conversion and sending, unchanged;
     - the disconnect handling: a client that hangs up while its view runs gets the view
-      cancelled, and a hang-up during sending is not an error;
+      cancelled, and a hang-up during sending is not an error; except on BODY_ROUTES, whose
+      views, once the body is in, only decode it and queue its rows: they run to their end;
     - request_finished, sent by `HttpResponse.close()` as Django sends it, but on the event loop.
       Its receivers (pinned by tests/test_internals.py) are sync and touch only memory and the
       database connections of the thread they run in; on the event loop there are none, since
@@ -189,10 +191,16 @@ class ApiASGIHandler(ASGIHandler):
                 assert error_response is not None  # create_request returns one or the other
                 response: HttpResponseBase | None = error_response
                 await self.send_response(error_response, send)
+            elif body_unread:
+                response = await self._response_unless_hung_up(request, receive, send)
             else:
-                response = await self._response_unless_hung_up(
-                    request, receive, send, body_unread=body_unread
-                )
+                # An ingest request, its body in: its view decodes it and hands the rows to the
+                # batcher, whose flush goes on whoever hangs up (batcher.py); a hang-up has
+                # nothing left to stop. Listening for one would cost a task, a receive() the
+                # server answers from its own thread, and a cancellation: a tenth of a lone
+                # message's answer time here.
+                response = await self.run_get_response(request)
+                await self.send_response(response, send)
         finally:
             body_file.close()
         if response is None:
@@ -202,7 +210,7 @@ class ApiASGIHandler(ASGIHandler):
             response.close()
 
     async def _response_unless_hung_up(
-        self, request: HttpRequest, receive: Receive, send: Send, *, body_unread: bool
+        self, request: HttpRequest, receive: Receive, send: Send
     ) -> HttpResponseBase | None:
         """Run the view and send its response; cancel both if the client hangs up meanwhile.
 
@@ -217,7 +225,7 @@ class ApiASGIHandler(ASGIHandler):
         async def cancel_on_hang_up() -> None:
             nonlocal hung_up
             try:
-                await hang_up_wait(receive, body_unread=body_unread)
+                await hang_up_wait(receive)
             except RequestAborted:
                 hung_up = True
                 request_task.cancel()

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import threading
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 import httpx
 import pytest
+import redis as redis_lib
 from django.core.signals import request_finished
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path, resolve
@@ -21,6 +23,7 @@ from django.urls import path, resolve
 from ingestor_site import views as site_views
 from ingestor_site.asgi import application
 from ingestor_site.handlers import API_PATHS, ApiASGIHandler
+from messages_app import services
 from messages_app import urls as ingest_urls
 from metrics_app import views as dashboard_views
 
@@ -179,6 +182,24 @@ async def test_a_client_that_hangs_up_while_its_view_runs_gets_the_view_cancelle
     assert view_cancelled == [True]
     assert client.sent == []
     assert finished == [(ApiASGIHandler, threading.get_ident())]
+
+
+async def test_a_message_whose_client_hangs_up_after_sending_it_is_still_queued(
+    redis_client: redis_lib.Redis,
+) -> None:
+    """Once an ingest request's body is in, its view runs to its end: its rows are queued (and
+    answered to a client that may no longer read it), never half-handled by a cancellation."""
+    body = json.dumps({"user_id": 1, "channel_id": 2, "content": "sent, then gone"}).encode()
+    scope = {**_scope("/messages"), "method": "POST",
+             "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())]}  # fmt: skip
+    client = Client()
+    client.incoming.get_nowait()
+    client.incoming.put_nowait({"type": "http.request", "body": body, "more_body": False})
+    client.hang_up()
+    await asyncio.wait_for(application(scope, client.receive, client.send), timeout=10)
+    assert client.sent[0]["status"] == 201
+    assert services.ingest_queue().count == 1
 
 
 async def test_a_server_cancelling_the_request_is_not_swallowed(this_urlconf: None) -> None:
