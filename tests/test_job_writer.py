@@ -5,6 +5,7 @@ Real Redis; the jobs are read back with rq's Job.fetch and run by rq's SimpleWor
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 import zlib
@@ -149,3 +150,74 @@ def test_the_per_job_fields_are_the_only_ones_sent_each_time() -> None:
     assert static, "rq's job has fields that do not change per job"
     assert "status" in static
     assert "origin" in static
+
+
+async def test_the_asyncio_path_keeps_its_connection_for_the_next_write(
+    redis_client: redis_lib.Redis,
+) -> None:
+    """One connection, taken once from the client's pool, carries write after write."""
+    client = redis_async_client()
+    try:
+        for _ in range(3):
+            await services.batch_enqueue_async(client, batch=_rows(1))
+        assert len(_connections_that_wrote_jobs(redis_client)) == 1
+    finally:
+        await client.aclose()
+    assert services.ingest_queue().count == 3
+
+
+async def test_a_kept_connection_redis_closed_is_reopened_for_the_write(
+    redis_client: redis_lib.Redis,
+) -> None:
+    """Redis dropped the kept connection (a restart, a timeout, CLIENT KILL): the next write
+    reopens it and goes in, where redis-py's own command would have failed (its pool does not
+    check the connections it lends while its maintenance notifications are on)."""
+    client = redis_async_client()
+    try:
+        await services.batch_enqueue_async(client, batch=_rows(1))
+        killed = redis_client.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        # Redis closes a killed connection just after answering the kill; the client's event
+        # loop learns it when it next reads the socket.
+        await asyncio.sleep(0.2)
+        enqueued = await services.batch_enqueue_async(client, batch=_rows(2))
+    finally:
+        await client.aclose()
+    assert (enqueued.backlog, enqueued.jobs_waiting) == (3, 2)
+
+
+async def test_concurrent_writes_each_get_their_own_reply(redis_client: redis_lib.Redis) -> None:
+    """Writes in flight at once each take a connection: no reply goes to the wrong caller."""
+    client = redis_async_client()
+    try:
+        written = await asyncio.gather(
+            *(services.batch_enqueue_async(client, batch=_rows(size)) for size in (1, 2, 3, 4, 5))
+        )
+    finally:
+        await client.aclose()
+    # Each reply is the backlog right after its own write: five different totals, and the last
+    # one is everything.
+    assert len({enqueued.backlog for enqueued in written}) == 5
+    assert max(enqueued.backlog for enqueued in written) == 15
+    assert sorted(enqueued.jobs_waiting for enqueued in written) == [1, 2, 3, 4, 5]
+
+
+async def test_a_write_to_an_unreachable_redis_raises_the_error_the_api_answers_503_to() -> None:
+    from redis.asyncio import Redis as AsyncRedis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from ingestor_site.embedded import free_port
+
+    unreachable = AsyncRedis(port=free_port(), socket_connect_timeout=1, socket_timeout=1)
+    try:
+        with pytest.raises(RedisConnectionError):
+            await services.batch_enqueue_async(unreachable, batch=_rows(1))
+    finally:
+        await unreachable.aclose()
+
+
+def _connections_that_wrote_jobs(redis_client: redis_lib.Redis) -> list[dict[str, str]]:
+    """The connections to the test's database whose last command wrote a job."""
+    db = redis_client.connection_pool.connection_kwargs.get("db", 0)
+    return [entry for entry in redis_client.client_list()
+            if entry["cmd"] == "evalsha" and int(entry["db"]) == int(db)]  # fmt: skip
