@@ -77,19 +77,25 @@ def web_process_command(
             "--connections", str(connections)]  # fmt: skip
 
 
-def worker_command(*, name: str, extra: tuple[str, ...] = ()) -> list[str]:
+def worker_command(*, name: str, extra: tuple[str, ...] = (), manage: str = MANAGE) -> list[str]:
     """An rq worker on the ingest queue. Give each start a fresh name: a killed worker's
     registration outlives it in Redis (until its TTL), and rq refuses a name still registered."""
-    return [PYTHON, MANAGE, "rqworker", "ingest", "--name", name, *extra]
+    return [PYTHON, manage, "rqworker", "ingest", "--name", name, *extra]
 
 
 def spawn(
-    command: list[str], *, env: dict[str, str], log: IO[bytes] | None = None, **popen: Any
+    command: list[str],
+    *,
+    env: dict[str, str],
+    log: IO[bytes] | None = None,
+    cwd: Path = BASE_DIR,
+    **popen: Any,
 ) -> subprocess.Popen[bytes]:
-    """Start `command` as a process group leader, guarded by the watchdog."""
+    """Start `command` as a process group leader, guarded by the watchdog; in this checkout unless
+    `cwd` names another (scripts/bench_light.py runs another commit's code beside this one)."""
     output: dict[str, Any] = {"stdout": log, "stderr": subprocess.STDOUT} if log is not None else {}
     process = subprocess.Popen(  # noqa: S603
-        command, env=env, cwd=BASE_DIR, start_new_session=True, **output, **popen
+        command, env=env, cwd=cwd, start_new_session=True, **output, **popen
     )
     watchdog.guard(process.pid, stage=STAGE_PROCESSES)
     return process
@@ -181,9 +187,12 @@ def live_wait(
 
 
 class WebAndWorkers:
-    """A web server and rq workers against given services, each logging to its own file."""
+    """A web server and rq workers against given services, each logging to its own file; of this
+    checkout's code unless `code_dir` names another checkout."""
 
-    def __init__(self, *, env: dict[str, str], log_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, *, env: dict[str, str], log_dir: Path, port: int | None = None, code_dir: Path = BASE_DIR
+    ) -> None:
         from ingestor_site.embedded import free_port
 
         self.port = port or free_port()
@@ -191,6 +200,7 @@ class WebAndWorkers:
         # A local stack (tests, benchmarks): settings allow the development SECRET_KEY.
         self.env = {"INGESTOR_LOCAL": "true", **env, "PYTHONUNBUFFERED": "1"}
         self.log_dir = log_dir
+        self.code_dir = code_dir
         self.web: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self._logs: dict[str, IO[bytes]] = {}
@@ -198,7 +208,7 @@ class WebAndWorkers:
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
         if name not in self._logs:
             self._logs[name] = (self.log_dir / f"{name}.log").open("ab")
-        return spawn(command, env=self.env, log=self._logs[name])
+        return spawn(command, env=self.env, log=self._logs[name], cwd=self.code_dir)
 
     def web_start(
         self, processes: int = 1, *, connections: int = WEB_CONNECTIONS_PER_PROCESS, timeout_s: float = 30.0
@@ -208,7 +218,8 @@ class WebAndWorkers:
         live_wait(self.url, process=self.web, timeout_s=timeout_s)
 
     def worker_start(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
-        worker = self._spawn(f"worker-{len(self.workers) + 1}", worker_command(name=name, extra=extra))
+        command = worker_command(name=name, extra=extra, manage=str(self.code_dir / "manage.py"))
+        worker = self._spawn(f"worker-{len(self.workers) + 1}", command)
         self.workers.append(worker)
         return worker
 

@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""One connection's `POST /messages` against the no-op, for this code and another commit, side by side.
+
+The light-load goal is a ratio of two p50s (README, Benchmarks), on a 2-core machine whose noise
+moves a single run by more than most changes being judged. This starts both stacks at once, the
+other commit's from a temporary git worktree, each as `make run` starts it (granian with 2
+processes, one rq worker) on one embedded PostgreSQL and Redis (a Redis database each), then
+alternates short wrk rounds between them (the order swapped every round) and prints, per code,
+the medians of the rounds and each round's ratio.
+
+    python scripts/bench_light.py --against 072cded [--rounds 10] [--seconds 2] [--connections 1]
+
+The other commit must read the same tables: the schema is migrated by this checkout's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import bench  # noqa: E402
+import httpx  # noqa: E402
+
+from ingestor_site.embedded import fresh_services  # noqa: E402
+from ingestor_site.processes import BASE_DIR, WebAndWorkers  # noqa: E402
+
+DATA_DIR = BASE_DIR / ".data" / "bench-light"
+
+
+@contextlib.contextmanager
+def worktree(revision: str) -> Iterator[Path]:
+    """A checkout of `revision` in a temporary directory, removed (from git's list too) after."""
+    with tempfile.TemporaryDirectory(prefix="bench-light-") as parent:
+        path = Path(parent) / "code"
+        subprocess.run(  # noqa: S603
+            ["git", "worktree", "add", "--detach", "--quiet", str(path), revision],  # noqa: S607
+            check=True, cwd=BASE_DIR,
+        )  # fmt: skip
+        try:
+            yield path
+        finally:
+            subprocess.run(  # noqa: S603
+                ["git", "worktree", "remove", "--force", str(path)],  # noqa: S607
+                check=False, cwd=BASE_DIR,
+            )  # fmt: skip
+
+
+def revision(ref: str = "HEAD") -> str:
+    """`ref`'s short commit id."""
+    return subprocess.run(  # noqa: S603
+        ["git", "rev-parse", "--short", ref],  # noqa: S607
+        check=True, cwd=BASE_DIR, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
+@dataclass
+class Code:
+    """One of the two stacks, and what its rounds measured."""
+
+    label: str
+    stack: WebAndWorkers
+    noop_p50_ms: list[float] = field(default_factory=list)
+    post_p50_ms: list[float] = field(default_factory=list)
+    post_per_s: list[float] = field(default_factory=list)
+
+    @property
+    def ratios(self) -> list[float]:
+        return [post / noop for noop, post in zip(self.noop_p50_ms, self.post_p50_ms, strict=True)]
+
+
+def report_lines(codes: list[Code]) -> list[str]:
+    """Per code: the medians of its rounds (p50s in µs), and every round's ratio."""
+    lines = []
+    for code in codes:
+        ratios = code.ratios
+        lines.append(
+            f"{code.label}: no-op p50 {statistics.median(code.noop_p50_ms) * 1000:,.0f} µs, "
+            f"POST p50 {statistics.median(code.post_p50_ms) * 1000:,.0f} µs, "
+            f"ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}), "
+            f"POST {statistics.median(code.post_per_s):,.0f} req/s; "
+            f"rounds: {', '.join(f'{ratio:.2f}' for ratio in ratios)}"
+        )
+    return lines
+
+
+def stack_start(label: str, *, database_url: str, redis_url: str, code_dir: Path, log_dir: Path) -> Code:
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_LEVEL": "WARNING"}
+    (log_dir / label).mkdir(parents=True, exist_ok=True)
+    stack = WebAndWorkers(env=env, log_dir=log_dir / label, code_dir=code_dir)
+    code = Code(label=label, stack=stack)
+    stack.web_start(bench.WEB_PROCESSES)
+    stack.worker_start(f"bench-light-{label}-{stack.port}-{time.monotonic_ns()}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{stack.url}/health", timeout=2).status_code == 200:
+                return code
+        time.sleep(0.2)
+    raise RuntimeError(f"the {label} stack did not become healthy; see {log_dir / label}")
+
+
+def rounds_run(codes: list[Code], *, rounds: int, seconds: int, connections: int, post_lua: Path) -> None:
+    for index in range(rounds):
+        for code in codes if index % 2 == 0 else codes[::-1]:
+            url = code.stack.url
+            noop = bench.wrk(f"{url}/health/live", connections=connections, duration_s=seconds)
+            post = bench.wrk(f"{url}/messages", connections=connections, duration_s=seconds, script=post_lua)
+            if post["non_2xx"]:
+                raise RuntimeError(f"{code.label}: {post['non_2xx']:.0f} POSTs were refused")
+            code.noop_p50_ms.append(noop["p50"])
+            code.post_p50_ms.append(post["p50"])
+            code.post_per_s.append(post["requests_per_s"])
+
+
+def arguments_parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--against", required=True, help="the commit (or any git revision) to compare with")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds per code (default 10)")
+    parser.add_argument("--seconds", type=int, default=2, help="wrk's duration per request kind (default 2)")
+    parser.add_argument("--connections", type=int, default=1, help="wrk connections (default 1)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = arguments_parse(argv)
+    if bench.wrk_missing():
+        return 1
+    with (
+        worktree(arguments.against) as other_dir,
+        fresh_services(DATA_DIR) as (database_url, redis_url),
+        tempfile.TemporaryDirectory() as scratch,
+    ):
+        subprocess.run(  # noqa: S603
+            [sys.executable, str(BASE_DIR / "manage.py"), "migrate", "--noinput", "-v", "0"],
+            check=True, cwd=BASE_DIR, env={**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url},
+        )  # fmt: skip
+        post_lua = Path(scratch) / "post.lua"
+        post_lua.write_text(bench.POST_LUA)
+        base_url = redis_url.rsplit("/", 1)[0]
+        codes: list[Code] = []
+        try:
+            variants = [(f"this checkout ({revision()})", BASE_DIR),
+                        (f"{arguments.against} ({revision(arguments.against)})", other_dir)]  # fmt: skip
+            for index, (label, code_dir) in enumerate(variants, 1):
+                codes.append(stack_start(label, database_url=database_url, redis_url=f"{base_url}/{index}",
+                                         code_dir=code_dir, log_dir=Path(scratch)))  # fmt: skip
+            rounds_run(codes, rounds=arguments.rounds, seconds=arguments.seconds,
+                       connections=arguments.connections, post_lua=post_lua)  # fmt: skip
+        finally:
+            for code in codes:
+                code.stack.stop()
+    print(f"{arguments.rounds} rounds of {arguments.seconds} s each, {arguments.connections} connection(s):")
+    for line in report_lines(codes):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
