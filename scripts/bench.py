@@ -146,10 +146,12 @@ class NeighbourWatch(threading.Thread):
 class Stack(WebAndWorkers):
     """Web server (granian, as `make run`) and rq workers against the benchmark's services."""
 
-    def __init__(self, *, database_url: str, redis_url: str, log_dir: Path) -> None:
+    def __init__(
+        self, *, database_url: str, redis_url: str, log_dir: Path, code_dir: Path = BASE_DIR
+    ) -> None:
         # Per-batch INFO lines would cost the worker CPU the benchmark is measuring.
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_LEVEL": "WARNING"}
-        super().__init__(env=env, log_dir=log_dir)
+        super().__init__(env=env, log_dir=log_dir, code_dir=code_dir)
 
     def start(self, *, workers: int) -> None:
         self.web_start(WEB_PROCESSES)
@@ -172,6 +174,14 @@ class Stack(WebAndWorkers):
 
 def services() -> contextlib.AbstractContextManager[tuple[str, str]]:
     return fresh_services(DATA_DIR)
+
+
+def schema_migrate(database_url: str, redis_url: str) -> None:
+    """This checkout's migrations, applied to the benchmark's fresh database."""
+    subprocess.run(  # noqa: S603
+        [sys.executable, str(BASE_DIR / "manage.py"), "migrate", "--noinput", "-v", "0"],
+        check=True, cwd=BASE_DIR, env={**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url},
+    )  # fmt: skip
 
 
 def drain_wait(url: str, timeout_s: float = 600) -> None:
@@ -467,10 +477,7 @@ def benchmark_run(
         batch_lua.write_text(bench_stages.BATCH_LUA)
         log_dir = DATA_DIR / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(  # noqa: S603
-            [sys.executable, str(BASE_DIR / "manage.py"), "migrate", "--noinput", "-v", "0"],
-            check=True, cwd=BASE_DIR, env={**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url},
-        )  # fmt: skip
+        schema_migrate(database_url, redis_url)
         stack = Stack(database_url=database_url, redis_url=redis_url, log_dir=log_dir)
         stack.start(workers=1)
         try:

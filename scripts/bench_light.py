@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +30,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import bench  # noqa: E402
-import httpx  # noqa: E402
 
 from ingestor_site.embedded import fresh_services  # noqa: E402
-from ingestor_site.processes import BASE_DIR, WebAndWorkers  # noqa: E402
+from ingestor_site.processes import BASE_DIR  # noqa: E402
 
 DATA_DIR = BASE_DIR / ".data" / "bench-light"
 
@@ -71,7 +68,7 @@ class Code:
     """One of the two stacks, and what its rounds measured."""
 
     label: str
-    stack: WebAndWorkers
+    stack: bench.Stack
     noop_p50_ms: list[float] = field(default_factory=list)
     post_p50_ms: list[float] = field(default_factory=list)
     post_per_s: list[float] = field(default_factory=list)
@@ -94,22 +91,6 @@ def report_lines(codes: list[Code]) -> list[str]:
             f"rounds: {', '.join(f'{ratio:.2f}' for ratio in ratios)}"
         )
     return lines
-
-
-def stack_start(label: str, *, database_url: str, redis_url: str, code_dir: Path, log_dir: Path) -> Code:
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_LEVEL": "WARNING"}
-    (log_dir / label).mkdir(parents=True, exist_ok=True)
-    stack = WebAndWorkers(env=env, log_dir=log_dir / label, code_dir=code_dir)
-    code = Code(label=label, stack=stack)
-    stack.web_start(bench.WEB_PROCESSES)
-    stack.worker_start(f"bench-light-{label}-{stack.port}-{time.monotonic_ns()}")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{stack.url}/health", timeout=2).status_code == 200:
-                return code
-        time.sleep(0.2)
-    raise RuntimeError(f"the {label} stack did not become healthy; see {log_dir / label}")
 
 
 def rounds_run(codes: list[Code], *, rounds: int, seconds: int, connections: int, post_lua: Path) -> None:
@@ -145,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         fresh_services(DATA_DIR) as (database_url, redis_url),
         tempfile.TemporaryDirectory() as scratch,
     ):
-        subprocess.run(  # noqa: S603
-            [sys.executable, str(BASE_DIR / "manage.py"), "migrate", "--noinput", "-v", "0"],
-            check=True, cwd=BASE_DIR, env={**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url},
-        )  # fmt: skip
+        bench.schema_migrate(database_url, redis_url)
         post_lua = Path(scratch) / "post.lua"
         post_lua.write_text(bench.POST_LUA)
         base_url = redis_url.rsplit("/", 1)[0]
@@ -157,8 +135,12 @@ def main(argv: list[str] | None = None) -> int:
             variants = [(f"this checkout ({revision()})", BASE_DIR),
                         (f"{arguments.against} ({revision(arguments.against)})", other_dir)]  # fmt: skip
             for index, (label, code_dir) in enumerate(variants, 1):
-                codes.append(stack_start(label, database_url=database_url, redis_url=f"{base_url}/{index}",
-                                         code_dir=code_dir, log_dir=Path(scratch)))  # fmt: skip
+                log_dir = Path(scratch) / f"code-{index}"
+                log_dir.mkdir()
+                stack = bench.Stack(database_url=database_url, redis_url=f"{base_url}/{index}",
+                                    log_dir=log_dir, code_dir=code_dir)  # fmt: skip
+                codes.append(Code(label=label, stack=stack))  # stopped below even if it fails to start
+                stack.start(workers=1)
             rounds_run(codes, rounds=arguments.rounds, seconds=arguments.seconds,
                        connections=arguments.connections, post_lua=post_lua)  # fmt: skip
         finally:
