@@ -227,12 +227,12 @@ async def _command_on_kept_connection(client: AsyncRedis, command: bytes) -> Any
 
     try:
         reply = await connection.retry.call_with_retry(send_and_read, reopen)
-    except BaseException as error:
-        if not isinstance(error, ResponseError):  # a reply came: the connection is sound
-            await connection.disconnect()
-            await pool.release(connection)
-            raise
+    except ResponseError:  # an error reply (NOSCRIPT): the connection is sound
         kept.append(connection)
+        raise
+    except BaseException:  # lost, timed out or cancelled: where it stands is unknown
+        await connection.disconnect()
+        await pool.release(connection)
         raise
     kept.append(connection)
     return reply

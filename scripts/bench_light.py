@@ -38,12 +38,12 @@ DATA_DIR = BASE_DIR / ".data" / "bench-light"
 
 
 @contextlib.contextmanager
-def worktree(revision: str) -> Iterator[Path]:
-    """A checkout of `revision` in a temporary directory, removed (from git's list too) after."""
+def worktree(ref: str) -> Iterator[Path]:
+    """A checkout of `ref` in a temporary directory, removed (from git's list too) after."""
     with tempfile.TemporaryDirectory(prefix="bench-light-") as parent:
         path = Path(parent) / "code"
         subprocess.run(  # noqa: S603
-            ["git", "worktree", "add", "--detach", "--quiet", str(path), revision],  # noqa: S607
+            ["git", "worktree", "add", "--detach", "--quiet", str(path), ref],  # noqa: S607
             check=True, cwd=BASE_DIR,
         )  # fmt: skip
         try:
