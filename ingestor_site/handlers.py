@@ -53,9 +53,10 @@ BODY_ROUTES = frozenset({("/messages", "POST"), ("/messages/batch", "POST")})
 _DOOR_HEADERS = frozenset({b"content-type", b"content-length", b"x-api-key", b"authorization"})
 
 
-async def door_check(scope: Scope) -> HttpResponseBase | None:
+async def door_check(scope: Scope) -> tuple[HttpResponseBase | None, int | None]:
     """ingest_door's answer from the request's headers alone (the body still unread), then the
-    rate limit of the request's API key (of its client address without keys)."""
+    rate limit of the request's API key (of its client address without keys); and the body's
+    declared length (Content-Length) when it passed."""
     found: dict[bytes, str] = {}
     for name, value in scope["headers"]:
         if (name := name.lower()) in _DOOR_HEADERS:
@@ -70,16 +71,19 @@ async def door_check(scope: Scope) -> HttpResponseBase | None:
         authorization=authorization,
     )
     if refusal is not None:
-        return refusal
+        return refusal, None
+    # ingest_door accepted it: absent, or one decimal number.
+    declared = found.get(b"content-length")
+    declared_length = None if declared is None else int(declared)
     limit = ingest_limit()
     if limit.item is None:
-        return None
+        return None, declared_length
     if settings.INGEST_API_KEYS:  # the key is valid: ingest_door said so
         key = x_api_key if x_api_key is not None else (authorization or "").partition(" ")[2]
         identity = identity_of_key(key)
     else:
         identity = identity_of_address((scope.get("client") or (None,))[0])
-    return await rate_check(limit, identity)
+    return await rate_check(limit, identity), declared_length
 
 
 class BodyRefused(Exception):
@@ -89,11 +93,18 @@ class BodyRefused(Exception):
         self.response = response
 
 
-async def body_read_capped(receive: Receive, *, limit: int, timeout_s: float) -> bytes:
+async def body_read_capped(
+    receive: Receive, *, limit: int, timeout_s: float, declared_length: int | None = None
+) -> bytes:
     """The request body, in memory, refused (BodyRefused) as soon as it passes `limit` bytes or
     has not all arrived within `timeout_s` (a body trickled byte by byte); RequestAborted when
     the client hangs up. Django's read_body, by contrast, spools any size to a temporary file
-    with no deadline."""
+    with no deadline.
+
+    With `declared_length` (the request's Content-Length), the body is whole once that many
+    bytes are in: the server's closing message (no bytes, no more_body) is not waited for.
+    granian sends the data of a small body and that closing message separately, each a hop
+    from its thread to the event loop: a quarter of a lone message's time in the server."""
     chunks: list[bytes] = []
     size = 0
     try:
@@ -107,7 +118,7 @@ async def body_read_capped(receive: Receive, *, limit: int, timeout_s: float) ->
                 if size > limit:
                     raise BodyRefused(body_too_large())
                 chunks.append(chunk)
-                if not message.get("more_body", False):
+                if size == declared_length or not message.get("more_body", False):
                     return b"".join(chunks)
     except TimeoutError:
         raise BodyRefused(json_error(408, f"request body not received within {timeout_s:g}s")) from None
@@ -167,13 +178,14 @@ class ApiASGIHandler(ASGIHandler):
         body = b""
         body_unread = (scope["path"], scope["method"]) not in BODY_ROUTES
         if not body_unread:
-            early = await door_check(scope)
+            early, declared_length = await door_check(scope)
             if early is None:
                 try:
                     body = await body_read_capped(
                         receive,
                         limit=settings.INGEST_MAX_BODY_BYTES,
                         timeout_s=settings.INGEST_BODY_TIMEOUT_S,
+                        declared_length=declared_length,
                     )
                 except RequestAborted:
                     return
