@@ -7,7 +7,8 @@ under granian as `make run` starts it (`--interface asginl --http 1`, one proces
 installed, under uvicorn (httptools, uvloop), and times one connection (wrk -t1 -c1) on:
 
 - `GET /get`: answered at once, the body never read (what the no-op `GET /health/live` does);
-- `POST /post`: the same, after reading the request body (as every `POST /messages` must);
+- `POST /post`: the same, after reading the request body (as every `POST /messages` must), as
+  the API handler reads it: up to its Content-Length, else to the server's last message;
 - `POST /post-redis`: the body read, then one asyncio Redis round trip (PING) before answering,
   the shape of a lone `POST /messages` (its enqueue is one EVALSHA).
 
@@ -52,8 +53,13 @@ async def app(
     if scope["type"] != "http":
         return
     if scope["path"] != "/get":
-        while (await receive()).get("more_body", False):
-            pass
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        length, size = (None if declared is None else int(declared)), 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if size == length or not message.get("more_body", False):
+                break
     if scope["path"] == "/post-redis":
         loop = asyncio.get_running_loop()
         if loop not in _clients:

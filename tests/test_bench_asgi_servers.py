@@ -19,22 +19,27 @@ def servers_bench() -> ModuleType:
     return script_module("bench_asgi_servers")
 
 
-async def _call(module: ModuleType, path: str, body: list[bytes]) -> tuple[int, list[str]]:
-    """Run the app on one request whose body arrives in `body`'s chunks: its status, and what it did."""
+async def _call(
+    module: ModuleType, path: str, body: list[bytes], *, declared: int | None = None
+) -> tuple[int, list[str]]:
+    """Run the app on one request whose body arrives in `body`'s chunks, then an empty closing
+    message as granian sends it: its status, and what it did."""
     done: list[str] = []
     chunks = list(body)
 
     async def receive() -> Mapping[str, Any]:
         done.append("receive")
         chunk = chunks.pop(0) if chunks else b""
-        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunk)}
+
+    headers = [] if declared is None else [(b"content-length", str(declared).encode())]
 
     sent: list[Mapping[str, Any]] = []
 
     async def send(message: Mapping[str, Any]) -> None:
         sent.append(message)
 
-    await module.app({"type": "http", "path": path, "method": "POST"}, receive, send)
+    await module.app({"type": "http", "path": path, "method": "POST", "headers": headers}, receive, send)
     return int(sent[0]["status"]), done
 
 
@@ -42,9 +47,11 @@ async def test_get_reads_no_body_and_post_reads_all_of_it(
     servers_bench: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert await _call(servers_bench, "/get", [b"ignored"]) == (200, [])
-    assert await _call(servers_bench, "/post", [b'{"a":', b" 1}"]) == (200, ["receive", "receive"])
+    # To the closing message without a Content-Length; up to the declared length with one.
+    assert await _call(servers_bench, "/post", [b'{"a":', b" 1}"]) == (200, ["receive"] * 3)
+    assert await _call(servers_bench, "/post", [b'{"a":', b" 1}"], declared=8) == (200, ["receive"] * 2)
     monkeypatch.setenv("REDIS_URL", settings.REDIS_URL)
-    status, done = await _call(servers_bench, "/post-redis", [b"{}"])
+    status, done = await _call(servers_bench, "/post-redis", [b"{}"], declared=2)
     assert (status, done) == (200, ["receive"])
     client = next(iter(servers_bench._clients.values()))
     assert await client.ping() is True  # the real Redis it waited for
