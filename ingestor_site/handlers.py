@@ -20,6 +20,7 @@ from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import set_script_prefix
 
+from messages_app.batcher import batcher_for_loop
 from messages_app.http import json_error
 from messages_app.ratelimit import identity_of_address, identity_of_key, ingest_limit, rate_check
 from messages_app.views import body_too_large, ingest_door
@@ -175,8 +176,20 @@ class ApiASGIHandler(ASGIHandler):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        if (scope["path"], scope["method"]) not in BODY_ROUTES:
+            await self._request_cycle(scope, receive, send, body_unread=True)
+            return
+        # Counted while open: the batcher lets a flush poll for Redis's reply, rather than sleep
+        # on it, only when the flush holds every ingest request open on the loop (batcher.py).
+        batcher = batcher_for_loop()
+        batcher.requests_open += 1
+        try:
+            await self._request_cycle(scope, receive, send, body_unread=False)
+        finally:
+            batcher.requests_open -= 1
+
+    async def _request_cycle(self, scope: Scope, receive: Receive, send: Send, *, body_unread: bool) -> None:
         body = b""
-        body_unread = (scope["path"], scope["method"]) not in BODY_ROUTES
         if not body_unread:
             early, declared_length = await door_check(scope)
             if early is None:

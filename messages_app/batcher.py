@@ -63,6 +63,7 @@ class Batcher:
         size: int,
         linger_s: float,
         max_backlog: int,
+        reply_spin_s: float = 0.0,
     ) -> None:
         # One of the two: a blocking enqueue (run in this batcher's threads) or a coroutine of
         # this loop's (no thread to wake and wait for: a lone message's answer comes sooner).
@@ -73,6 +74,9 @@ class Batcher:
         self._size = size
         self._linger_s = linger_s
         self._max_backlog = max_backlog
+        self._reply_spin_s = reply_spin_s
+        # Ingest requests open on this loop, counted by the API handler (ingestor_site/handlers.py).
+        self.requests_open = 0
         self._rows: list[services.BatchRow] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.Handle | None = None
@@ -151,7 +155,13 @@ class Batcher:
     async def _flush_rows(self, rows: list[services.BatchRow], waiters: list[asyncio.Future[None]]) -> None:
         try:
             if self._enqueue_async is not None:
-                enqueued = await self._enqueue_async(batch=rows)
+                # A flush holding every open request, with no other in flight, leaves the loop
+                # nothing to do until Redis answers: it waits for the reply without sleeping
+                # (job_writer._reply_wait_spinning). Under load the loop never idles anyway, and
+                # turning it over for nothing would only take CPU from the workers.
+                alone = self._in_flight == 1 and self.requests_open <= len(waiters)
+                reply_spin_s = self._reply_spin_s if alone else 0.0
+                enqueued = await self._enqueue_async(batch=rows, reply_spin_s=reply_spin_s)
             else:
                 assert self._enqueue is not None  # one of the two, checked at construction
                 enqueued = await self._in_thread(self._enqueue, batch=rows)
@@ -233,6 +243,7 @@ def batcher_for_loop() -> Batcher:
             size=settings.BATCH_SIZE,
             linger_s=settings.BATCH_LINGER_MS / 1000.0,
             max_backlog=settings.INGEST_MAX_BACKLOG,
+            reply_spin_s=settings.BATCH_REPLY_SPIN_US / 1_000_000,
         )
         _batchers[loop] = batcher
     return batcher

@@ -108,12 +108,16 @@ def batch_enqueue(*, batch: Sequence[Sequence[Any]]) -> Enqueued:
     return Enqueued(backlog=written.backlog, jobs_waiting=written.jobs_waiting)
 
 
-async def batch_enqueue_async(client: AsyncRedis, *, batch: Sequence[Sequence[Any]]) -> Enqueued:
+async def batch_enqueue_async(
+    client: AsyncRedis, *, batch: Sequence[Sequence[Any]], reply_spin_s: float = 0.0
+) -> Enqueued:
     """batch_enqueue on an asyncio client (telemetry.connection.redis_async_client) of the event
     loop it runs on: the batcher's way while INGEST_REDIS_MIN_REPLICAS is 0. A blocking enqueue
     in a thread wakes that thread and then the loop again for every flush, each wake-up of a
     sleeping core ~0.1 ms on this kind of virtual machine: most of what a lone message waited."""
-    written = await _persist_job_writer().write_async(client, batch, **_persist_job_of(batch))
+    written = await _persist_job_writer().write_async(
+        client, batch, reply_spin_s=reply_spin_s, **_persist_job_of(batch)
+    )
     return Enqueued(backlog=written.backlog, jobs_waiting=written.jobs_waiting)
 
 

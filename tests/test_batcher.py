@@ -129,9 +129,9 @@ async def test_rows_arriving_during_an_asyncio_flush_go_together_when_it_returns
     release = asyncio.Event()
     client = redis_async_client()
 
-    async def held_enqueue(*, batch: list[Any]) -> services.Enqueued:
+    async def held_enqueue(*, batch: list[Any], reply_spin_s: float) -> services.Enqueued:
         await release.wait()  # the first flush stays out until the others have arrived
-        return await services.batch_enqueue_async(client, batch=batch)
+        return await services.batch_enqueue_async(client, batch=batch, reply_spin_s=reply_spin_s)
 
     batcher = Batcher(enqueue_async=held_enqueue, size=500, linger_s=60, max_backlog=1_000_000)
     try:
@@ -347,3 +347,66 @@ def test_a_finished_loop_lets_go_of_its_batcher(redis_client: redis_lib.Redis) -
     assert loops[0] not in batcher_module._batchers
     assert loops[1] in batcher_module._batchers
     assert len(_jobs()) == 2
+
+
+class _SpinRecorder:
+    """An asyncio enqueue that records the reply_spin_s each flush asks for, and can be held."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def __call__(self, *, batch: list[Any], reply_spin_s: float) -> services.Enqueued:
+        self.asked.append(reply_spin_s)
+        await self.release.wait()
+        return services.Enqueued(backlog=len(batch), jobs_waiting=1)
+
+
+def _spinning_batcher(enqueue: _SpinRecorder, *, linger_s: float = 60) -> Batcher:
+    return Batcher(
+        enqueue_async=enqueue, size=500, linger_s=linger_s, max_backlog=1_000_000, reply_spin_s=0.002
+    )
+
+
+async def test_a_flush_holding_every_open_request_polls_for_the_reply() -> None:
+    enqueue = _SpinRecorder()
+    batcher = _spinning_batcher(enqueue)
+    batcher.requests_open = 1  # as the API handler counts the request that submits
+    await asyncio.wait_for(batcher.submit(_rows(1)), WAIT_S)
+    batcher.requests_open = 2  # two requests, both in the flush
+    await asyncio.wait_for(asyncio.gather(batcher.submit(_rows(1)), batcher.submit(_rows(1))), WAIT_S)
+    assert enqueue.asked == [0.002, 0.002]
+
+
+async def test_a_flush_while_other_requests_are_open_sleeps_on_the_reply() -> None:
+    """Requests still reading their bodies or decoding keep the loop busy: no polling then."""
+    enqueue = _SpinRecorder()
+    batcher = _spinning_batcher(enqueue)
+    batcher.requests_open = 3
+    await asyncio.wait_for(batcher.submit(_rows(1)), WAIT_S)
+    assert enqueue.asked == [0.0]
+
+
+async def test_a_second_flush_beside_one_in_flight_sleeps_on_the_reply() -> None:
+    enqueue = _SpinRecorder()
+    enqueue.release.clear()
+    batcher = _spinning_batcher(enqueue, linger_s=0.01)
+    first = asyncio.ensure_future(batcher.submit(_rows(1)))
+    await asyncio.sleep(0.05)
+    # The first flush is held out: this one starts beside it once its linger passes.
+    second = asyncio.ensure_future(batcher.submit(_rows(1)))
+    await asyncio.sleep(0.05)
+    enqueue.release.set()
+    await asyncio.wait_for(asyncio.gather(first, second), WAIT_S)
+    assert enqueue.asked == [0.002, 0.0]
+
+
+async def test_the_threads_path_ignores_polling(redis_client: redis_lib.Redis) -> None:
+    """With INGEST_REDIS_MIN_REPLICAS the enqueue is the blocking client's, in a thread: it sleeps
+    on Redis there whatever the loop has to do, and takes no reply_spin_s."""
+    batcher = Batcher(enqueue=services.batch_enqueue, size=500, linger_s=60, max_backlog=1_000_000,
+                      reply_spin_s=0.002)  # fmt: skip
+    rows = _rows(1)
+    await asyncio.wait_for(batcher.submit(rows), WAIT_S)
+    assert _jobs() == [rows]

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import redis as redis_lib
+from django.conf import settings
 from django.core.signals import request_finished
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path, resolve
@@ -25,6 +26,7 @@ from ingestor_site.asgi import application
 from ingestor_site.handlers import API_PATHS, ApiASGIHandler
 from messages_app import services
 from messages_app import urls as ingest_urls
+from messages_app.batcher import batcher_for_loop
 from metrics_app import views as dashboard_views
 
 # --- which paths skip the middleware --------------------------------------------------------------
@@ -239,6 +241,32 @@ async def test_a_body_without_a_content_length_is_read_to_its_last_message(
     await asyncio.wait_for(request, 10)
     assert client.sent[0]["status"] == 201
     assert services.ingest_queue().count == 1
+
+
+async def test_an_ingest_request_is_counted_open_while_it_runs(
+    redis_client: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batcher polls for Redis's reply only for a flush holding every open ingest request:
+    the handler counts them, the refused ones too, and forgets each once it is answered."""
+    seen: list[tuple[int, float]] = []
+    real_enqueue = services.batch_enqueue_async
+
+    async def enqueue(client: Any, *, batch: Any, reply_spin_s: float) -> services.Enqueued:
+        seen.append((batcher_for_loop().requests_open, reply_spin_s))
+        return await real_enqueue(client, batch=batch, reply_spin_s=reply_spin_s)
+
+    monkeypatch.setattr(services, "batch_enqueue_async", enqueue)  # before this loop's batcher
+    body = json.dumps({"user_id": 1, "channel_id": 2, "content": "counted"}).encode()
+    client = Client()
+    client.incoming.get_nowait()
+    client.incoming.put_nowait({"type": "http.request", "body": body, "more_body": False})
+    await asyncio.wait_for(application(_message_post(body, declared=True), client.receive, client.send), 10)
+    refused = Client()
+    scope = {**_message_post(b"x", declared=True), "headers": [(b"content-type", b"text/plain")]}
+    await asyncio.wait_for(application(scope, refused.receive, refused.send), 10)
+    assert [client.sent[0]["status"], refused.sent[0]["status"]] == [201, 415]
+    assert seen == [(1, settings.BATCH_REPLY_SPIN_US / 1_000_000)]
+    assert batcher_for_loop().requests_open == 0
 
 
 async def test_a_server_cancelling_the_request_is_not_swallowed(this_urlconf: None) -> None:

@@ -9,15 +9,18 @@ import asyncio
 import time
 import uuid
 import zlib
+from typing import Any
 
 import pytest
 import redis as redis_lib
 from django.test import override_settings
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import SimpleWorker
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from messages_app import services
+from messages_app import job_writer, services
 from messages_app.job_writer import PER_JOB_FIELDS, QUEUES_KEY, JobWriter
 from messages_app.models import Message
 from messages_app.services import BatchRow, batch_enqueue
@@ -174,7 +177,6 @@ async def test_the_asyncio_path_keeps_its_connection_for_the_next_write(
 ) -> None:
     """One connection, taken once from the client's pool, carries write after write."""
     from django.conf import settings
-    from redis.asyncio import Redis as AsyncRedis
 
     name = f"writer-{uuid.uuid4().hex}"  # each connection of the client names itself so
     client = AsyncRedis.from_url(settings.REDIS_URL, client_name=name)
@@ -224,8 +226,6 @@ async def test_concurrent_writes_each_get_their_own_reply(redis_client: redis_li
 
 
 async def test_a_write_to_an_unreachable_redis_raises_the_error_the_api_answers_503_to() -> None:
-    from redis.asyncio import Redis as AsyncRedis
-    from redis.exceptions import ConnectionError as RedisConnectionError
 
     from ingestor_site.embedded import free_port
 
@@ -235,3 +235,52 @@ async def test_a_write_to_an_unreachable_redis_raises_the_error_the_api_answers_
             await services.batch_enqueue_async(unreachable, batch=_rows(1))
     finally:
         await unreachable.aclose()
+
+
+class _PollRecorder:
+    """job_writer._reply_wait_spinning, recording what each call returned."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[bool] = []
+        self._real = job_writer._reply_wait_spinning
+
+    async def __call__(self, connection: Any, limit_s: float) -> bool:
+        outcome = await self._real(connection, limit_s)
+        self.outcomes.append(outcome)
+        return outcome
+
+
+async def test_a_write_asked_to_poll_finds_its_reply_while_polling(
+    redis_client: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = _PollRecorder()
+    monkeypatch.setattr(job_writer, "_reply_wait_spinning", recorder)
+    client = redis_async_client()
+    try:
+        # A second of polling at most: a Redis this close answers long before.
+        enqueued = await services.batch_enqueue_async(client, batch=_rows(2), reply_spin_s=1.0)
+        assert recorder.outcomes == [True]
+        await services.batch_enqueue_async(client, batch=_rows(1))  # not asked: it does not poll
+    finally:
+        await client.aclose()
+    assert recorder.outcomes == [True]
+    assert (enqueued.backlog, enqueued.jobs_waiting) == (2, 1)
+    assert services.ingest_queue().count == 2
+
+
+async def test_polling_gives_up_at_its_limit_when_no_reply_is_coming(redis_client: redis_lib.Redis) -> None:
+    """With nothing sent, nothing comes: the poll returns at its limit, and the caller then
+    sleeps on the read as without it (where the socket timeout still applies)."""
+    client = redis_async_client()
+    connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        assert await job_writer._reply_wait_spinning(connection, 0.05) is False
+        await connection.send_command("PING")
+        assert await job_writer._reply_wait_spinning(connection, 1.0) is True
+        assert await connection.read_response() in (b"PONG", "PONG")
+        await connection.disconnect()
+        with pytest.raises(RedisConnectionError):  # closed: an error, as the read would raise
+            await job_writer._reply_wait_spinning(connection, 1.0)
+    finally:
+        await client.connection_pool.release(connection)
+        await client.aclose()
