@@ -33,9 +33,12 @@ _RECEIVED = BatchRow._fields.index("received")
 
 
 # How much a job takes in from the jobs queued behind it: up to this many jobs, and no more rows
-# in one transaction than this (a 1,000-message request is one job of 1,000 rows).
+# in one transaction than this (a 1,000-message request is one job of 1,000 rows). One worker
+# draining 400,000 rows (three alternating runs each) stored 154,198 rows/s at 5,000 rows a
+# transaction, 192,664 at 20,000 and 176,495 at 50,000: the commit's wait for the disk, and the
+# loop's other fixed costs, are paid a quarter as often, and a transaction still takes ~0.1 s.
 ABSORB_MAX_JOBS = 64
-ABSORB_MAX_ROWS = 5_000
+ABSORB_MAX_ROWS = 20_000
 # The ids of the jobs a job absorbed, kept until its transaction commits: a rerun of the job
 # (its worker died, PostgreSQL was down) persists them again, so they are never lost between
 # leaving the queue and reaching the table.

@@ -1,6 +1,6 @@
 """The rq jobs' serializer: the JSON rq's JSONSerializer writes and reads, through msgspec.
 
-A persist job carries its whole batch as JSON, and a worker decodes up to 5,000 rows of it a
+A persist job carries its whole batch as JSON, and a worker decodes up to 20,000 rows of it a
 transaction. Per batch of 1,000 rows, msgspec encodes in 0.05 ms where json.dumps takes 0.63, and
 decodes in 0.17 ms where json.loads takes 0.37. The text differs only in whitespace, so jobs
 written by either serializer read with the other (rq's own, a dashboard, another language).

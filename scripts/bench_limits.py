@@ -31,6 +31,10 @@ SINGLE_PATH_GOAL = 0.5  # POST req/s >= 0.5 of the no-op's, 64 connections
 BATCH_PATH_GOAL = 0.8  # persisted msg/s >= 0.8 of COPY's rows/s, one worker
 MEMORY_GOAL_MB = 250.0  # `make run` at rest, RSS of every process
 
+# The most rows a worker commits in one transaction (messages_app.jobs.ABSORB_MAX_ROWS, which
+# tests/test_bench_report.py checks this against): COPY's reference commits as often.
+WORKER_MAX_TRANSACTION_ROWS = 20_000
+
 SUSTAINED_S = 10
 SUSTAINED_CONNECTIONS = 8
 
@@ -74,7 +78,7 @@ def load_like_rows(rows: int, *, seed: int = 1) -> list[tuple[Any, ...]]:
     return data
 
 
-def copy_rate(database_url: str, *, rows: int = 300_000, chunk: int = 5_000) -> float:
+def copy_rate(database_url: str, *, rows: int = 300_000, chunk: int = WORKER_MAX_TRANSACTION_ROWS) -> float:
     """Rows a second PostgreSQL takes with binary COPY into `messages` (same table, same indexes),
     one writer, a transaction per `chunk` rows (the worker's largest transaction), of the rows
     the batch load stores (load_like_rows). The rows are built before the clock starts; the

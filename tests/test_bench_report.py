@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 import sys
 from datetime import UTC, datetime
@@ -173,3 +174,11 @@ def test_the_copy_reference_stores_the_rows_the_batch_load_stores(bench: ModuleT
     assert all(1 <= row[1] <= 10_000 and 1 <= row[2] <= 100 for row in rows)
     assert [row[1] for row in rows[:5]] != list(range(1, 6))
     assert len({row[1] for row in rows[:1_000]}) > 900
+
+
+def test_copys_reference_commits_as_often_as_a_worker_at_most_does(bench: ModuleType) -> None:
+    from messages_app import jobs
+
+    limits_module = sys.modules["bench_limits"]
+    assert limits_module.WORKER_MAX_TRANSACTION_ROWS == jobs.ABSORB_MAX_ROWS
+    assert inspect.signature(limits_module.copy_rate).parameters["chunk"].default == jobs.ABSORB_MAX_ROWS
