@@ -179,8 +179,8 @@ class ApiASGIHandler(ASGIHandler):
         if (scope["path"], scope["method"]) not in BODY_ROUTES:
             await self._request_cycle(scope, receive, send, body_unread=True)
             return
-        # Counted while open: the batcher lets a flush poll for Redis's reply, rather than sleep
-        # on it, only when the flush holds every ingest request open on the loop (batcher.py).
+        # Counted while open: the batcher lets a flush wait for Redis's reply without sleeping
+        # only when its request is the one ingest request open on the loop (batcher.py).
         batcher = batcher_for_loop()
         batcher.requests_open += 1
         try:

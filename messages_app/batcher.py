@@ -155,11 +155,12 @@ class Batcher:
     async def _flush_rows(self, rows: list[services.BatchRow], waiters: list[asyncio.Future[None]]) -> None:
         try:
             if self._enqueue_async is not None:
-                # A flush holding every open request, with no other in flight, leaves the loop
+                # The flush of a lone request, the only one open on this loop, leaves the loop
                 # nothing to do until Redis answers: it waits for the reply without sleeping
-                # (job_writer._reply_wait_spinning). Under load the loop never idles anyway, and
-                # turning it over for nothing would only take CPU from the workers.
-                alone = self._in_flight == 1 and self.requests_open <= len(waiters)
+                # (job_writer._reply_wait_spinning). With more requests open the loop has work
+                # or soon will, and on a small machine a process turning its loop over for
+                # nothing takes CPU from Redis, the workers and the other web processes.
+                alone = self._in_flight == 1 and self.requests_open <= 1 and len(waiters) == 1
                 reply_spin_s = self._reply_spin_s if alone else 0.0
                 enqueued = await self._enqueue_async(batch=rows, reply_spin_s=reply_spin_s)
             else:

@@ -246,7 +246,7 @@ async def test_a_body_without_a_content_length_is_read_to_its_last_message(
 async def test_an_ingest_request_is_counted_open_while_it_runs(
     redis_client: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The batcher polls for Redis's reply only for a flush holding every open ingest request:
+    """The batcher polls for Redis's reply only for the flush of the one ingest request open:
     the handler counts them, the refused ones too, and forgets each once it is answered."""
     seen: list[tuple[int, float]] = []
     real_enqueue = services.batch_enqueue_async
