@@ -13,6 +13,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from django.db import close_old_connections
@@ -20,7 +21,14 @@ from redis.exceptions import RedisError
 from rq import Queue, get_current_job
 from rq.job import Job, JobStatus
 
-from messages_app.services import JOB_ROWS_META, BatchRow, PersistResult, messages_persist, rows_decode
+from messages_app.services import (
+    JOB_ROWS_META,
+    BatchRow,
+    Chunk,
+    PersistResult,
+    messages_persist_streamed,
+    rows_decode,
+)
 from telemetry import metrics
 from telemetry.connection import redis_connection
 
@@ -39,6 +47,9 @@ _RECEIVED = BatchRow._fields.index("received")
 # loop's other fixed costs, are paid a quarter as often, and a transaction still takes ~0.1 s.
 ABSORB_MAX_JOBS = 64
 ABSORB_MAX_ROWS = 20_000
+# The jobs are claimed a step at a time, each step's rows written into the transaction's COPY
+# before the next step is claimed and decoded: PostgreSQL takes in one step's rows meanwhile.
+ABSORB_STEP_ROWS = 4_000
 # The ids of the jobs a job absorbed, kept until its transaction commits: a rerun of the job
 # (its worker died, PostgreSQL was down) persists them again, so they are never lost between
 # leaving the queue and reaching the table.
@@ -62,18 +73,39 @@ return taken
 
 def persist_batch(batch: list[Any]) -> int:
     """Persist one batch of messages, with the batches absorbed from the queue behind it, in one
-    transaction; then record its metrics in one Redis pipeline.
+    transaction; then record its metrics in one Redis pipeline. The absorbed jobs are claimed a
+    step at a time while the rows already written go into PostgreSQL's COPY
+    (services.messages_persist_streamed): on one worker, PostgreSQL taking in the rows and the
+    worker claiming and decoding the next ones overlap instead of taking turns.
 
     `batch` is the job's argument as JSON decoded it: a list of rows, each a list in BatchRow's
     field order.
     """
     job = get_current_job()
     started = time.perf_counter()
-    absorbed = _absorb(job, len(batch)) if job is not None else []
-    entries = [*batch, *(entry for other in absorbed for entry in other.args[0])]
-    rows, malformed = rows_decode(entries)
+    absorbed: list[Job] = []
+    entries = 0
+
+    def chunks() -> Iterator[Chunk]:
+        """This job's rows (and those an earlier run of it absorbed), then the jobs it takes in
+        from the queue, a step at a time, each decoded as it is claimed."""
+        nonlocal entries
+        taken = _absorbed_earlier(job) if job is not None else []
+        step: list[Any] = batch
+        while True:
+            absorbed.extend(taken)
+            step = [*step, *(entry for other in taken for entry in other.args[0])]
+            entries += len(step)
+            yield rows_decode(step)
+            if job is None:
+                return
+            taken = _absorb_step(job, rows=entries, jobs=len(absorbed))
+            if not taken:
+                return
+            step = []
+
     try:
-        result = messages_persist(batch=rows, malformed=malformed, job_id=job.id if job else "")
+        result, rows, _ = messages_persist_streamed(chunks(), job_id=job.id if job else "")
     finally:
         # Hand the connection back to the pool, and drop it if PostgreSQL went away meanwhile,
         # so the retry of this job starts on a fresh one.
@@ -82,48 +114,56 @@ def persist_batch(batch: list[Any]) -> int:
     try:
         if job is not None and absorbed:
             _absorbed_forget(job, absorbed)
-        _metrics_record(rows, len(entries), result, duration, job.worker_name if job else None)
+        _metrics_record(rows, entries, result, duration, job.worker_name if job else None)
     except RedisError as exc:
         # The rows are committed: failing the job now would only re-run it and count it twice.
-        logger.warning("Batch of %d saved, but its metrics were not recorded: %s", len(entries), exc)
+        logger.warning("Batch of %d saved, but its metrics were not recorded: %s", entries, exc)
     return result.inserted
 
 
-def _absorb(job: Job, rows: int) -> list[Job]:
-    """The persist jobs this job takes in: those an earlier run of it absorbed, then more from the
-    head of its queue while they fit under ABSORB_MAX_JOBS and ABSORB_MAX_ROWS."""
+def _absorbed_earlier(job: Job) -> list[Job]:
+    """The jobs an earlier run of this job absorbed: it died, or its transaction failed, before
+    they were stored."""
+    earlier = _ids(job.connection.lrange(ABSORBED_KEY_PREFIX + job.id, 0, -1))
+    fetched = Job.fetch_many(earlier, job.connection, serializer=job.serializer)
+    return [other for other in fetched if other is not None]
+
+
+def _absorb_step(job: Job, *, rows: int, jobs: int) -> list[Job]:
+    """More persist jobs for this job to take in, from the head of its queue: the job holds
+    `rows` rows of `jobs` absorbed jobs so far. Those that fit under ABSORB_MAX_JOBS and
+    ABSORB_MAX_ROWS, and this step's ABSORB_STEP_ROWS (at least one that fits the first two)."""
     redis = job.connection
     absorbed_key = ABSORBED_KEY_PREFIX + job.id
-    earlier = _ids(redis.lrange(absorbed_key, 0, -1))
-    jobs = [other for other in Job.fetch_many(earlier, redis, serializer=job.serializer) if other is not None]
-    rows += sum(len(other.args[0]) for other in jobs)  # decoded here once, kept for the insert
-    room = ABSORB_MAX_JOBS - len(jobs)
+    room = ABSORB_MAX_JOBS - jobs
     if room <= 0 or rows >= ABSORB_MAX_ROWS:
-        return jobs
+        return []
     queue = Queue(job.origin, connection=redis, serializer=job.serializer)
     waiting = _ids(redis.lrange(queue.key, 0, room - 1))
     if not waiting:
-        return jobs
+        return []
     # Each waiting job's status and size, from two small fields: its rows are decoded only if taken.
     with redis.pipeline(transaction=False) as pipe:
         for job_id in waiting:
             pipe.hmget(Job.key_for(job_id), ["status", "meta"])
         fields = pipe.execute()
-    candidates = []
+    candidates: list[str] = []
+    step = 0
     for job_id, (status, meta) in zip(waiting, fields, strict=True):
         # Only persist jobs the API made (they say their size) and still queued; anything else
         # keeps its place in the queue.
         size = _rows_in_meta(job, meta)
         if status != JobStatus.QUEUED.value.encode() or size < 0 or rows + size > ABSORB_MAX_ROWS:
             continue
+        if candidates and step + size > ABSORB_STEP_ROWS:
+            break
         candidates.append(job_id)
         rows += size
+        step += size
     if not candidates:
-        return jobs
+        return []
     taken = _ids(redis.eval(_CLAIM_LUA, 2, queue.key, absorbed_key, ABSORBED_KEY_PREFIX, *candidates))
-    return jobs + [
-        other for other in Job.fetch_many(taken, redis, serializer=job.serializer) if other is not None
-    ]
+    return [other for other in Job.fetch_many(taken, redis, serializer=job.serializer) if other is not None]
 
 
 def _rows_in_meta(job: Job, meta: bytes | None) -> int:

@@ -9,7 +9,7 @@ import itertools
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -150,17 +150,15 @@ class PersistResult:
     dead: int
 
 
-def _rows_copy(batch: Sequence[Sequence[Any]], committed_at: datetime) -> int:
-    """Store rows with one binary COPY; return how many. A known id fails it (unique violation).
+def _rows_copy(chunks: Iterable[Sequence[Sequence[Any]]], committed_at: datetime) -> int:
+    """Store the rows of every chunk with one binary COPY; return how many. A known id fails it
+    (unique violation).
 
     COPY costs PostgreSQL about 60% of what INSERT ... ON CONFLICT costs a row (it buffers rows
     into multi-inserts, and checks no conflict before each), and binary fields need no parsing
-    on either side. The ids and times are converted for the whole batch at once (README).
+    on either side. The ids and times are converted a chunk at once (README). Each chunk's rows
+    go to PostgreSQL as they are written, which takes them in while the next chunk is made.
     """
-    ids, user_ids, channel_ids, contents, received = zip(*batch, strict=True)
-    moments = _moments(received)
-    created_at = map(moments.__getitem__, received)
-    rows = zip(_uuid_bytes(ids), user_ids, channel_ids, contents, created_at, itertools.repeat(committed_at))
     connection.ensure_connection()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         # Binary COPY sends a field's bytes and no type: a uuid's are its 16 bytes, which a bytea
@@ -170,8 +168,13 @@ def _rows_copy(batch: Sequence[Sequence[Any]], committed_at: datetime) -> int:
         cursor.adapters.register_dumper(bytes, BytesBinaryDumper)
         with cursor.copy(_copy_sql()) as copy:
             copy.set_types(["bytea", "int8", "int8", "text", "timestamptz", "timestamptz"])
-            for row in rows:
-                copy.write_row(row)
+            for batch in chunks:
+                ids, user_ids, channel_ids, contents, received = zip(*batch, strict=True)
+                moments = _moments(received)
+                created_at = map(moments.__getitem__, received)
+                for row in zip(_uuid_bytes(ids), user_ids, channel_ids, contents, created_at,
+                               itertools.repeat(committed_at)):  # fmt: skip
+                    copy.write_row(row)
         return cursor.rowcount  # read before the cursor closes, which forgets it
 
 
@@ -269,6 +272,57 @@ def messages_persist(
     return PersistResult(inserted=result.inserted, dead=result.dead + len(malformed))
 
 
+Chunk = tuple[Sequence[Sequence[Any]], Sequence[Any]]  # rows, and malformed entries (rows_decode)
+
+
+class _ChunkFailed(Exception):
+    """Making a chunk failed (not PostgreSQL refusing rows): the caller's error, raised as is."""
+
+
+def messages_persist_streamed(
+    chunks: Iterable[Chunk], *, job_id: str = ""
+) -> tuple[PersistResult, list[Any], list[Any]]:
+    """messages_persist of every chunk's rows and malformed entries together, in one transaction,
+    each chunk's rows written into the COPY as it comes: a caller that makes the next chunk
+    (claims and decodes more jobs) while PostgreSQL takes in the rows written so far overlaps
+    the two. Returns the result, and every row and malformed entry the chunks held.
+
+    Should PostgreSQL refuse the COPY (a known id, a bad row), everything gathered is stored again
+    as messages_persist stores a batch; chunks not asked for yet are not made. An error making a
+    chunk rolls the transaction back and is raised as is.
+    """
+    rows: list[Any] = []
+    malformed: list[Any] = []
+
+    def gathered() -> Iterator[Sequence[Sequence[Any]]]:
+        source = iter(chunks)
+        while True:
+            try:
+                chunk_rows, chunk_malformed = next(source)
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise _ChunkFailed() from exc
+            rows.extend(chunk_rows)
+            malformed.extend(chunk_malformed)
+            if chunk_rows:
+                yield chunk_rows
+
+    try:
+        with transaction.atomic():
+            result = PersistResult(inserted=_rows_copy(gathered(), datetime.now(tz=UTC)), dead=0)
+    except _ChunkFailed as failed:
+        assert failed.__cause__ is not None  # always raised from the chunk's error
+        raise failed.__cause__ from None
+    # As _rows_persist and _rows_store would take them: a unique violation, a refused row.
+    except (DataError, IntegrityError, ValueError, TypeError, OverflowError) as exc:
+        logger.info("Streamed COPY of %d rows refused (%s); storing them again", len(rows), exc)
+        result = _rows_persist(rows, job_id) if rows else PersistResult(inserted=0, dead=0)
+    for entry in malformed:
+        _dead_letter_store(entry, ValueError(f"not a row of {_ROW_FIELDS} fields"), job_id)
+    return PersistResult(inserted=result.inserted, dead=result.dead + len(malformed)), rows, malformed
+
+
 def _rows_persist(batch: Sequence[Sequence[Any]], job_id: str) -> PersistResult:
     committed_at = datetime.now(tz=UTC)
     try:
@@ -298,7 +352,7 @@ def _rows_store(batch: Sequence[Sequence[Any]], committed_at: datetime) -> int:
     """
     try:
         with transaction.atomic():
-            return _rows_copy(batch, committed_at)
+            return _rows_copy([batch], committed_at)
     except IntegrityError as exc:
         if not isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
             raise

@@ -66,6 +66,30 @@ def test_a_transaction_takes_no_more_than_the_row_cap(redis_client: redis_lib.Re
     assert len(sizes) == 3, f"two jobs absorbed one each, the last ran alone: {sizes}"
 
 
+def test_jobs_behind_are_claimed_a_step_at_a_time_into_one_transaction(
+    redis_client: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step's rows go into the COPY before the next step is claimed (PostgreSQL takes them in
+    meanwhile); the transaction, and so the commit, stays one."""
+    steps: list[int] = []
+    real_step = jobs._absorb_step
+
+    def step(job: Job, *, rows: int, jobs: int) -> list[Job]:
+        taken = real_step(job, rows=rows, jobs=jobs)
+        steps.append(sum(len(other.args[0]) for other in taken))
+        return taken
+
+    monkeypatch.setattr(jobs, "_absorb_step", step)
+    size = jobs.ABSORB_STEP_ROWS // 4
+    for _ in range(7):
+        batch_enqueue(batch=_rows(size))
+    _work()
+    assert Message.objects.count() == 7 * size
+    assert steps == [4 * size, 2 * size, 0], "four jobs' rows a step, then the two left, then none"
+    assert _batch_sizes(redis_client) == [7 * size]
+    assert _leftovers(redis_client) == []
+
+
 def test_a_job_that_is_not_a_plain_persist_keeps_its_place(redis_client: redis_lib.Redis) -> None:
     queue = services.ingest_queue()
     batch_enqueue(batch=_rows(1))
@@ -86,7 +110,7 @@ def test_jobs_absorbed_by_a_run_that_died_are_stored_by_its_rerun(redis_client: 
         batch_enqueue(batch=batch)
     head = Job.fetch(queue.get_job_ids()[0], connection=queue.connection, serializer=JSONSerializer)
     queue.remove(head)  # as the worker's dequeue does
-    taken = jobs._absorb(head, rows=len(first))
+    taken = jobs._absorb_step(head, rows=len(first), jobs=0)
     assert len(taken) == 3
     assert queue.count == 0, "the absorbed jobs left the queue"
     assert Message.objects.count() == 0  # ... and the worker died here, before its transaction.
@@ -114,7 +138,9 @@ def test_a_rerun_waiting_in_the_queue_is_not_absorbed_and_brings_its_own(
     assert head_job is not None and failed_job is not None
     queue.remove(head_job)  # out of the way for the moment
     queue.remove(failed_job)  # dequeued by a worker
-    assert len(jobs._absorb(failed_job, rows=1)) == 1  # took `behind`, then its transaction failed
+    assert (
+        len(jobs._absorb_step(failed_job, rows=1, jobs=0)) == 1
+    )  # took `behind`, then its transaction failed
     queue.enqueue_job(head_job)
     queue.enqueue_job(failed_job)  # its retry is due: back in the queue, behind `head`
     assert queue.get_job_ids() == [head_id, failed_id]

@@ -426,3 +426,61 @@ def test_metrics_reconcile_sets_the_counters_a_crash_left_short_from_the_tables(
 
     assert int(redis_client.get(metrics.TOTAL_MESSAGES) or 0) == 12
     assert int(redis_client.get(metrics.TOTAL_DEAD_LETTERS) or 0) == 1
+
+
+# messages_persist_streamed: a worker's transaction, written a chunk at a time
+
+
+def _chunks_made(chunks: list[list[Any]], made: list[int]) -> Any:
+    """The chunks as messages_persist_streamed takes them (as a job's rows arrive: JSON lists),
+    noting each one as it is asked for."""
+    for index, chunk in enumerate(chunks):
+        made.append(index)
+        yield rows_decode([list(row) if isinstance(row, tuple) else row for row in chunk])
+
+
+def test_streamed_chunks_go_in_one_transaction_each_asked_for_after_the_last_went_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    written: list[int] = []  # the chunks made, as each row goes into the COPY
+    made: list[int] = []
+    real_moments = services._moments
+
+    def moments(received: Any) -> Any:
+        written.append(len(made))  # a chunk's rows are being written: how many were made by then
+        return real_moments(received)
+
+    monkeypatch.setattr(services, "_moments", moments)
+    chunks: list[list[Any]] = [_rows(3), _rows(2), _rows(4)]
+    result, rows, malformed = services.messages_persist_streamed(_chunks_made(chunks, made), job_id="j")
+    assert (result.inserted, result.dead) == (9, 0)
+    assert written == [1, 2, 3], "each chunk written before the next one was made"
+    assert [row[0] for row in rows] == [row[0] for chunk in chunks for row in chunk] and malformed == []
+    assert _stored_ids() == {row[0] for chunk in chunks for row in chunk}
+    assert len(set(Message.objects.values_list("inserted_at", flat=True))) == 1  # one commit
+
+
+def test_a_streamed_transaction_refused_is_stored_again_whole() -> None:
+    """An id repeated across chunks (a replay) and a bad row in a later chunk: the COPY fails, and
+    everything gathered is stored as messages_persist stores a batch."""
+    first, second = _rows(3), _rows(3)
+    bad = BatchRow(str(uuid.uuid4()), BIGINT_MAX + 1, 1, "too big", time.time())
+    chunks: list[list[Any]] = [[*first, "not a row"], [*second, first[0], bad]]
+    result, rows, malformed = services.messages_persist_streamed(_chunks_made(chunks, []), job_id="j")
+    assert (result.inserted, result.dead) == (6, 2)
+    assert _stored_ids() == {row[0] for row in (*first, *second)}
+    assert len(rows) == 8 and malformed == ["not a row"]
+    assert DeadLetter.objects.count() == 2
+
+
+def test_a_chunk_that_cannot_be_made_rolls_the_transaction_back_and_raises_its_error() -> None:
+    class Gone(Exception):
+        pass
+
+    def chunks() -> Any:
+        yield rows_decode([list(row) for row in _rows(3)])
+        raise Gone("Redis went away while claiming the next jobs")
+
+    with pytest.raises(Gone):
+        services.messages_persist_streamed(chunks(), job_id="j")
+    assert Message.objects.count() == 0
