@@ -267,9 +267,14 @@ def messages_persist(
     or lists in BatchRow's field order: only their positions are read.
     """
     result = _rows_persist(batch, job_id) if batch else PersistResult(inserted=0, dead=0)
+    return PersistResult(inserted=result.inserted, dead=result.dead + _malformed_store(malformed, job_id))
+
+
+def _malformed_store(malformed: Sequence[Any], job_id: str) -> int:
+    """Keep entries that are not rows at all as dead letters; return how many."""
     for entry in malformed:
         _dead_letter_store(entry, ValueError(f"not a row of {_ROW_FIELDS} fields"), job_id)
-    return PersistResult(inserted=result.inserted, dead=result.dead + len(malformed))
+    return len(malformed)
 
 
 Chunk = tuple[Sequence[Sequence[Any]], Sequence[Any]]  # rows, and malformed entries (rows_decode)
@@ -318,9 +323,8 @@ def messages_persist_streamed(
     except (DataError, IntegrityError, ValueError, TypeError, OverflowError) as exc:
         logger.info("Streamed COPY of %d rows refused (%s); storing them again", len(rows), exc)
         result = _rows_persist(rows, job_id) if rows else PersistResult(inserted=0, dead=0)
-    for entry in malformed:
-        _dead_letter_store(entry, ValueError(f"not a row of {_ROW_FIELDS} fields"), job_id)
-    return PersistResult(inserted=result.inserted, dead=result.dead + len(malformed)), rows, malformed
+    dead = result.dead + _malformed_store(malformed, job_id)
+    return PersistResult(inserted=result.inserted, dead=dead), rows, malformed
 
 
 def _rows_persist(batch: Sequence[Sequence[Any]], job_id: str) -> PersistResult:
