@@ -49,6 +49,12 @@ async def fresh_layer(redis_client: redis_lib.Redis) -> AsyncIterator[None]:
     channel_layers.backends = {}
 
 
+# An interval that keeps the broadcaster asleep after its first frame, whatever the time of day:
+# it sleeps to the next multiple of the interval (plus its phase), which an hour-long interval
+# reaches within seconds just before the top of an hour (a CI run at 07:59:55 got a second frame).
+BROADCASTER_ASLEEP_S = 1e12
+
+
 def _communicator(
     application: Any = None, headers: list[tuple[bytes, bytes]] | None = None
 ) -> WebsocketCommunicator:
@@ -223,7 +229,7 @@ async def test_many_sockets_share_one_redis_read_per_frame() -> None:
 async def test_an_idle_socket_stays_open_and_still_gets_frames(monkeypatch: pytest.MonkeyPatch) -> None:
     """No Redis read sits under the socket (once, channels-redis dropped sockets idle ~5 s, #422)."""
     # One frame at start, then the broadcaster sleeps: nothing moves on the socket.
-    monkeypatch.setattr(broadcaster_module, "FRAME_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(broadcaster_module, "FRAME_INTERVAL_S", BROADCASTER_ASLEEP_S)
     communicator = _communicator()
     await communicator.connect()
     assert (await _frame(communicator))["type"] == "snapshot"
@@ -264,7 +270,7 @@ async def test_past_the_socket_limit_a_socket_is_closed_with_try_again_later(
 async def test_a_socket_whose_frames_pile_up_unsent_is_closed_and_the_others_are_fed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(broadcaster_module, "FRAME_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(broadcaster_module, "FRAME_INTERVAL_S", BROADCASTER_ASLEEP_S)
     broadcaster = broadcaster_for_loop()
     slow, fast = _communicator(), _communicator()
     await slow.connect()
