@@ -211,9 +211,9 @@ async def _reply_wait_spinning(connection: AsyncConnection, limit_s: float) -> b
     On a virtual machine, a process that sleeps until Redis answers is woken ~0.1 ms after the
     reply arrives (its core idled meanwhile), more than Redis takes to run the command and
     answer: polling through the round trip takes over a third off a lone message's time to its
-    201 here (README, Benchmarks). Each turn of the loop looks at its sockets without blocking and runs
-    whatever else is ready, so nothing waits behind the poll; `limit_s` bounds the CPU it costs
-    when Redis is slow."""
+    201 here (README, Benchmarks). Each turn of the loop looks at its sockets without blocking
+    and runs whatever else is ready, so nothing waits behind the poll; `limit_s` bounds the CPU
+    it costs when Redis is slow."""
     deadline = time.perf_counter() + limit_s
     while not await connection.can_read():
         if time.perf_counter() >= deadline:
