@@ -71,7 +71,9 @@ def id_time(message_id: uuid.UUID) -> datetime:
     return datetime.fromtimestamp((message_id.int >> 80) / 1000, tz=UTC)
 
 
-_UUID7_VERSION_AND_VARIANT = (0x7 << 76) | (0b10 << 62)
+# The first byte of a UUIDv7's last 8 bytes: its variant (0b10) in the top two bits, randomness
+# in the other six.
+_UUID7_VARIANT_BYTE = bytes((byte & 0x3F) | 0x80 for byte in range(256))
 
 
 def uuid7_strings(count: int) -> list[str]:
@@ -83,18 +85,23 @@ def uuid7_strings(count: int) -> list[str]:
     minted within the same millisecond (monotonic ids), these never run ahead of the clock: at
     50,000 ids a second that bump took the ids' time, and so their partition, ~49 s further into
     the future every second.
+
+    The first half is the same for the whole batch; each id's second half is 8 random bytes with
+    the variant set, sorted and written as bytes (no Python integer per id): a batch of 1,000
+    took half the CPU it took through integers (README, Benchmarks).
     """
     nanoseconds = time.time_ns()
     millis, fraction = divmod(nanoseconds, 1_000_000)
-    head = (millis << 80) | ((fraction * 4096 // 1_000_000) << 64) | _UUID7_VERSION_AND_VARIANT
-    randomness = os.urandom(8 * count)
+    high = (millis << 16) | (0x7 << 12) | (fraction * 4096 // 1_000_000)
+    digits = f"{high:016x}"
+    prefix = f"{digits[:8]}-{digits[8:12]}-{digits[12:]}-"
+    randomness = bytearray(os.urandom(8 * count))
+    randomness[::8] = randomness[::8].translate(_UUID7_VARIANT_BYTE)
     # Sorted, so a batch's ids rise in the order of its items: newest-first listings keep it.
-    tails = sorted(int.from_bytes(randomness[offset : offset + 8]) >> 2 for offset in range(0, 8 * count, 8))
-    minted = []
-    for tail in tails:
-        text = f"{head | tail:032x}"
-        minted.append(f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}")
-    return minted
+    # Bytes compare as their big-endian numbers do.
+    tails = sorted([randomness[offset : offset + 8] for offset in range(0, 8 * count, 8)])
+    # hex() with a separator every 6 bytes from the right: "xxxx-xxxxxxxxxxxx".
+    return [prefix + tail.hex("-", 6) for tail in tails]
 
 
 def uuid7_at(moment: datetime) -> uuid.UUID:
