@@ -133,6 +133,20 @@ async def test_a_batch_says_which_items_repeat_an_id_and_refuses_those_that_chan
     assert queued == [(earlier, "hello"), (twice, "hello"), (changed, "hello"), (earlier, "hello")]
 
 
+async def test_a_batch_mixing_client_ids_and_minted_ones_keeps_each_in_its_place(
+    api: httpx.AsyncClient, redis_client: redis_lib.Redis
+) -> None:
+    client_id = str(uuid6.uuid7())
+    items = [_message(content="a"), _message(id=client_id, content="b"), _message(content="c")]
+    response = await api.post("/messages/batch", json={"messages": items})
+    assert response.status_code == 201, response.text
+    first, second, third = response.json()["message_ids"]
+    assert second == client_id
+    assert uuid.UUID(first).version == uuid.UUID(third).version == 7
+    assert first < third and client_id not in {first, third}, "minted ids rise in the order of the items"
+    assert [(row[0], row[3]) for row in _queued_rows()] == [(first, "a"), (client_id, "b"), (third, "c")]
+
+
 async def test_a_batch_whose_every_item_reuses_an_id_with_other_content_answers_409(
     api: httpx.AsyncClient, redis_client: redis_lib.Redis
 ) -> None:

@@ -24,7 +24,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from ingestor_site.asgi import application
-from messages_app import views
+from messages_app import validation, views
 from messages_app.models import BIGINT_MAX, CONTENT_MAX_CHARS
 from messages_app.partitions import uuid7_at, uuid7_strings
 from messages_app.services import ingest_queue
@@ -215,6 +215,28 @@ def test_a_good_batch_takes_the_fast_path_with_every_item_as_validated() -> None
     body = ('{"messages": [' + ", ".join(GOOD_ITEMS) + "]}").encode()
     decoded = _assert_batch_equivalent(body)
     assert decoded is not None and len(decoded) == len(GOOD_ITEMS)
+
+
+def _shapes(items: list[str]) -> list[Any]:
+    return validation._batch_decoder.decode(('{"messages": [' + ", ".join(items) + "]}").encode()).messages
+
+
+def test_a_batch_without_client_ids_is_checked_at_once_as_item_by_item() -> None:
+    items = [item for item in GOOD_ITEMS if '"id"' not in item]
+    at_once = validation._checked_at_once(_shapes(items))
+    assert at_once is not None and len(at_once) == len(items)
+    general = _general_batch(('{"messages": [' + ", ".join(items) + "]}").encode())
+    assert isinstance(general, list)
+    assert [_exactly(m) for m in at_once] == [_exactly(m) for m in general]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [_item('"a\\u0000b"'), _item('"   "'), _item('"\\n\\t\\u3000"'), _item('""'),
+     _item(f'"{"x" * (CONTENT_MAX_CHARS + 1)}"'), _item(id=f'"{NOW_ID}"')],
+)  # fmt: skip
+def test_a_batch_is_checked_item_by_item_when_one_content_fails_or_carries_an_id(bad: str) -> None:
+    assert validation._checked_at_once(_shapes([_item(), bad, _item('"caf\u00e9"')])) is None
 
 
 @pytest.mark.parametrize("raw", [*(raw.encode() for raw in TRICKY_ITEMS), *RAW_BYTES_ITEMS])
