@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -194,6 +196,14 @@ def _is_time(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value)
 
 
+def _latencies_ms(rows: list[list[Any]], now: float) -> dict[float, int]:
+    """Each receipt-to-now latency of the rows, in ms, and how many rows had it: the receipt
+    times counted in one C loop, then a latency per distinct time (the rows of a request share
+    theirs), instead of a Python step per row."""
+    receipts = Counter(map(operator.itemgetter(_RECEIVED), rows))
+    return {(now - received) * 1000.0: times for received, times in receipts.items() if _is_time(received)}
+
+
 def _metrics_record(
     rows: list[list[Any]], size: int, result: PersistResult, duration: float, worker: str | None
 ) -> None:
@@ -205,7 +215,7 @@ def _metrics_record(
             size=size,
             inserted=result.inserted,
             dead=result.dead,
-            latencies_ms=[(now - row[_RECEIVED]) * 1000.0 for row in rows if _is_time(row[_RECEIVED])],
+            latencies_ms=_latencies_ms(rows, now),
             duration_s=duration,
             worker=worker or f"{socket.gethostname()}:{os.getpid()}",
             now=now,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -95,18 +94,20 @@ def batch_record(
     size: int,
     inserted: int,
     dead: int,
-    latencies_ms: Iterable[float],
+    latencies_ms: Mapping[float, int],
     duration_s: float,
     worker: str,
     now: float,
 ) -> None:
-    """Queue everything one persisted batch changes onto a Redis pipeline (one round trip)."""
+    """Queue everything one persisted batch changes onto a Redis pipeline (one round trip).
+
+    `latencies_ms` holds each receipt-to-commit latency and how many of the batch's rows had it:
+    the rows of one request share a receipt time, hence a latency, so a batch holds few."""
     key = second_key(int(now))
     buckets: dict[int, int] = {}
     total_ms = 0.0
     count = 0
-    # The rows of one request share a receipt time, hence a latency: bucket each value once.
-    for latency_ms, times in Counter(latencies_ms).items():
+    for latency_ms, times in latencies_ms.items():
         index = latency_bucket(latency_ms)
         buckets[index] = buckets.get(index, 0) + times
         total_ms += latency_ms * times

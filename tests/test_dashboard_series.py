@@ -42,7 +42,7 @@ def _accept(redis: redis_lib.Redis, *, count: int, at: float) -> None:
 def _persist(redis: redis_lib.Redis, *, size: int, at: float, latency_ms: float = 20.0) -> None:
     """What a worker writes when it commits a batch of `size` messages."""
     with redis.pipeline() as pipe:
-        metrics.batch_record(pipe, size=size, inserted=size, dead=0, latencies_ms=[latency_ms] * size,
+        metrics.batch_record(pipe, size=size, inserted=size, dead=0, latencies_ms={latency_ms: size},
                              duration_s=0.01, worker="w1", now=at)  # fmt: skip
         pipe.execute()
 

@@ -7,6 +7,7 @@ import json
 import re
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def test_metrics_expose_counters_gauges_and_a_cumulative_latency_histogram(
     with redis_client.pipeline() as pipe:
         metrics.accepted_record(pipe, count=7, now=time.time())
         pipe.incrby(metrics.QUEUE_LENGTH, 7)
-        metrics.batch_record(pipe, size=6, inserted=5, dead=1, latencies_ms=latencies_ms, duration_s=0.01,
+        metrics.batch_record(pipe, size=6, inserted=5, dead=1, latencies_ms=Counter(latencies_ms), duration_s=0.01,
                              worker="w1", now=time.time())  # fmt: skip
         pipe.execute()
 
@@ -294,7 +295,7 @@ def test_dashboard_renders_the_figures_with_separators(
     # Three recent batches, then lifetime totals far from them: 1,234,567 messages in 1,000 batches.
     with redis_client.pipeline() as pipe:
         for size in (200, 300, 450):
-            metrics.batch_record(pipe, size=size, inserted=size, dead=0, latencies_ms=[5.0] * size,
+            metrics.batch_record(pipe, size=size, inserted=size, dead=0, latencies_ms={5.0: size},
                                  duration_s=0.01, worker="w1", now=time.time() - 2)  # fmt: skip
         pipe.execute()
     redis_client.mset({metrics.TOTAL_MESSAGES: 1_234_567, metrics.TOTAL_BATCHES: 1_000,

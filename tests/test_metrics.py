@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 import redis as redis_lib
@@ -22,7 +23,7 @@ def _record(
             size=len(latencies_ms),
             inserted=len(latencies_ms) - dead,
             dead=dead,
-            latencies_ms=latencies_ms,
+            latencies_ms=Counter(latencies_ms),
             duration_s=0.01,
             worker=worker,
             now=at,

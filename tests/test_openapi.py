@@ -197,7 +197,7 @@ async def test_answers_of_get_routes_match_their_schemas(
             size=1,
             inserted=1,
             dead=0,
-            latencies_ms=[12.0],
+            latencies_ms={12.0: 1},
             duration_s=0.01,
             worker="w",
             now=time.time(),
