@@ -279,6 +279,9 @@ BATCH_LINGER_MS = env_int("BATCH_LINGER_MS", 5, minimum=0, maximum=10_000)
 # How long a flush that is all its web process has to do waits for Redis's reply without
 # sleeping (0: it sleeps at once). Waking a sleeping core costs more than the round trip here.
 BATCH_REPLY_SPIN_US = env_int("BATCH_REPLY_SPIN_US", 200, minimum=0, maximum=10_000)
+# How long a worker's job of a few messages waits for more when a few small jobs are queued behind
+# it (messages_app/jobs.py; 0: never): bigger transactions under a stream of single messages.
+WORKER_LINGER_MS = env_int("WORKER_LINGER_MS", 20, minimum=0, maximum=1_000)
 INGEST_MAX_BACKLOG = env_int("INGEST_MAX_BACKLOG", 1_000_000, minimum=1)
 INGEST_API_KEYS = frozenset(env_list("INGEST_API_KEYS", ""))
 INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 1_048_576, minimum=1024)

@@ -7,8 +7,10 @@ serializer, as the real worker runs them.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
+from typing import Any
 
 import pytest
 import redis as redis_lib
@@ -150,3 +152,62 @@ def test_a_rerun_waiting_in_the_queue_is_not_absorbed_and_brings_its_own(
     assert {str(pk) for pk in Message.objects.values_list("id", flat=True)} == expected
     assert sorted(_batch_sizes(redis_client)) == [1, 2]
     assert _leftovers(redis_client) == []
+
+
+def _lingers_seen(monkeypatch: pytest.MonkeyPatch, during: list[BatchRow] | None = None) -> list[float]:
+    """The worker's lingers (jobs.py's calls of time.sleep), each enqueueing `during` as a job
+    instead of sleeping, as if it arrived meanwhile; anyone else's sleep sleeps."""
+    seen: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if sys._getframe(1).f_globals["__name__"] != jobs.__name__:
+            real_sleep(seconds)
+            return
+        seen.append(seconds)
+        if during is not None:
+            batch_enqueue(batch=during)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    return seen
+
+
+def test_a_small_job_with_a_few_small_jobs_behind_it_waits_for_more_once(
+    redis_client: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    settings.WORKER_LINGER_MS = 20
+    batches = [_rows(3) for _ in range(4)]
+    late = _rows(2)
+    for batch in batches:
+        batch_enqueue(batch=batch)
+    lingers = _lingers_seen(monkeypatch, during=late)
+    _work()
+    assert lingers == [0.02]
+    assert _batch_sizes(redis_client) == [14], "one transaction, with the job that came during the wait"
+    assert Message.objects.count() == 14
+
+
+@pytest.mark.parametrize(
+    ("jobs_queued", "rows_each", "linger_ms"),
+    [
+        (1, 3, 20),  # a job alone: light load, its rows go at once
+        (17, 3, 20),  # a backlog: enough to take in already
+        (3, jobs.LINGER_BELOW_ROWS, 20),  # jobs of a batch request: big enough
+        (3, 3, 0),  # switched off
+    ],
+)
+def test_a_job_goes_at_once_when_waiting_would_not_pay(
+    redis_client: redis_lib.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    jobs_queued: int,
+    rows_each: int,
+    linger_ms: int,
+) -> None:
+    settings.WORKER_LINGER_MS = linger_ms
+    for _ in range(jobs_queued):
+        batch_enqueue(batch=_rows(rows_each))
+    lingers = _lingers_seen(monkeypatch)
+    _work()
+    assert lingers == []
+    assert Message.objects.count() == jobs_queued * rows_each
