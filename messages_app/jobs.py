@@ -57,8 +57,11 @@ ABSORB_STEP_ROWS = 4_000
 # load) waits WORKER_LINGER_MS once before taking them in, so that more arrive and the transaction's
 # fixed costs (rq's bookkeeping, COPY, commit, metrics: two thirds of a worker's CPU at 64
 # connections) are paid for more messages, and the sleeping worker leaves its core to the web
-# processes. A job alone (light load) or with a backlog behind it (a queue to drain) goes at once.
-LINGER_BELOW_ROWS = 200
+# processes. A job alone (light load) or with a backlog behind it (a queue to drain) goes at once,
+# and so does a job of one row: its web process had one request open when it flushed, so it is
+# not busy. Lingering behind one-row jobs too took one connection's POST p50 from 709 to 880 µs
+# (scripts/bench_light.py, 10 rounds): the worker then works in bursts beside the web process.
+LINGER_ROWS = range(2, 200)
 LINGER_WAITING_JOBS = range(2, 16)
 # The ids of the jobs a job absorbed, kept until its transaction commits: a rerun of the job
 # (its worker died, PostgreSQL was down) persists them again, so they are never lost between
@@ -181,7 +184,7 @@ def _absorb_step(job: Job, *, rows: int, jobs: int) -> list[Job]:
 
 def _linger_worthwhile(*, rows: int, waiting: int) -> bool:
     """Whether a job of `rows` rows, with `waiting` jobs queued behind it, should wait for more."""
-    return settings.WORKER_LINGER_MS > 0 and rows < LINGER_BELOW_ROWS and waiting in LINGER_WAITING_JOBS
+    return settings.WORKER_LINGER_MS > 0 and rows in LINGER_ROWS and waiting in LINGER_WAITING_JOBS
 
 
 def _rows_in_meta(job: Job, meta: bytes | None) -> int:

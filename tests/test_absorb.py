@@ -192,7 +192,8 @@ def test_a_small_job_with_a_few_small_jobs_behind_it_waits_for_more_once(
     [
         (1, 3, 20),  # a job alone: light load, its rows go at once
         (17, 3, 20),  # a backlog: enough to take in already
-        (3, jobs.LINGER_BELOW_ROWS, 20),  # jobs of a batch request: big enough
+        (3, jobs.LINGER_ROWS.stop, 20),  # jobs of a batch request: big enough
+        (3, 1, 20),  # one-row jobs: their web processes are not busy
         (3, 3, 0),  # switched off
     ],
 )
