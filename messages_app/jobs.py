@@ -117,6 +117,8 @@ def persist_batch(batch: list[Any]) -> int:
                 return
             step = []
 
+    if job is not None:
+        _linger_if_worthwhile(job, rows=len(batch))
     try:
         result, rows, _ = messages_persist_streamed(chunks(), job_id=job.id if job else "")
     finally:
@@ -155,9 +157,6 @@ def _absorb_step(job: Job, *, rows: int, jobs: int) -> list[Job]:
     waiting = _ids(redis.lrange(queue.key, 0, room - 1))
     if not waiting:
         return []
-    if jobs == 0 and _linger_worthwhile(rows=rows, waiting=len(waiting)):
-        time.sleep(settings.WORKER_LINGER_MS / 1000.0)
-        waiting = _ids(redis.lrange(queue.key, 0, room - 1))
     # Each waiting job's status and size, from two small fields: its rows are decoded only if taken.
     with redis.pipeline(transaction=False) as pipe:
         for job_id in waiting:
@@ -182,9 +181,14 @@ def _absorb_step(job: Job, *, rows: int, jobs: int) -> list[Job]:
     return [other for other in Job.fetch_many(taken, redis, serializer=job.serializer) if other is not None]
 
 
-def _linger_worthwhile(*, rows: int, waiting: int) -> bool:
-    """Whether a job of `rows` rows, with `waiting` jobs queued behind it, should wait for more."""
-    return settings.WORKER_LINGER_MS > 0 and rows in LINGER_ROWS and waiting in LINGER_WAITING_JOBS
+def _linger_if_worthwhile(job: Job, *, rows: int) -> None:
+    """Wait WORKER_LINGER_MS if this job of `rows` rows should let more jobs queue up behind it.
+    Before its transaction starts, whose time every row gets as `inserted_at`: rows that arrive
+    during the wait must not be stored as inserted before they were received."""
+    if settings.WORKER_LINGER_MS <= 0 or rows not in LINGER_ROWS:
+        return
+    if job.connection.llen(Queue.redis_queue_namespace_prefix + job.origin) in LINGER_WAITING_JOBS:
+        time.sleep(settings.WORKER_LINGER_MS / 1000.0)
 
 
 def _rows_in_meta(job: Job, meta: bytes | None) -> int:

@@ -10,6 +10,7 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -154,9 +155,12 @@ def test_a_rerun_waiting_in_the_queue_is_not_absorbed_and_brings_its_own(
     assert _leftovers(redis_client) == []
 
 
-def _lingers_seen(monkeypatch: pytest.MonkeyPatch, during: list[BatchRow] | None = None) -> list[float]:
-    """The worker's lingers (jobs.py's calls of time.sleep), each enqueueing `during` as a job
-    instead of sleeping, as if it arrived meanwhile; anyone else's sleep sleeps."""
+def _lingers_seen(
+    monkeypatch: pytest.MonkeyPatch, during: Callable[[], list[BatchRow]] | None = None
+) -> list[float]:
+    """The worker's lingers (jobs.py's calls of time.sleep), each enqueueing the rows `during`
+    makes then as a job instead of sleeping, as if they arrived meanwhile; anyone else's sleep
+    sleeps."""
     seen: list[float] = []
     real_sleep = time.sleep
 
@@ -166,7 +170,7 @@ def _lingers_seen(monkeypatch: pytest.MonkeyPatch, during: list[BatchRow] | None
             return
         seen.append(seconds)
         if during is not None:
-            batch_enqueue(batch=during)
+            batch_enqueue(batch=during())
 
     monkeypatch.setattr(time, "sleep", sleep)
     return seen
@@ -177,14 +181,15 @@ def test_a_small_job_with_a_few_small_jobs_behind_it_waits_for_more_once(
 ) -> None:
     settings.WORKER_LINGER_MS = 20
     batches = [_rows(3) for _ in range(4)]
-    late = _rows(2)
     for batch in batches:
         batch_enqueue(batch=batch)
-    lingers = _lingers_seen(monkeypatch, during=late)
+    lingers = _lingers_seen(monkeypatch, during=lambda: _rows(2))
     _work()
     assert lingers == [0.02]
     assert _batch_sizes(redis_client) == [14], "one transaction, with the job that came during the wait"
-    assert Message.objects.count() == 14
+    stored = list(Message.objects.values_list("created_at", "inserted_at"))
+    assert len(stored) == 14
+    assert all(inserted >= created for created, inserted in stored), "the transaction starts after the wait"
 
 
 @pytest.mark.parametrize(
