@@ -130,14 +130,14 @@ _batch_decoder = msgspec.json.Decoder(_BatchShape)
 # constructor is a Python function).
 _valid_message = functools.partial(tuple.__new__, ValidMessage)
 _field_readers = tuple(operator.attrgetter(field) for field in ("user_id", "channel_id", "content", "id"))
+# From this many messages on, a batch is checked at once (_checked_at_once) before one by one:
+# its set-up costs ~5 µs here, where the loop costs ~0.5 µs a message (even at ~16).
+_AT_ONCE_FROM = 16
 
 
 def _checked(shapes: list[_MessageShape]) -> list[ValidMessage] | None:
     """The messages, through the same content and id checks as message_validate; None at the
     first that fails one (the general path then says why)."""
-    fast = _checked_at_once(shapes)
-    if fast is not None:
-        return fast
     errors: dict[str, str] = {}
     valid = []
     for shape in shapes:
@@ -191,4 +191,8 @@ def batch_decode(body: bytes) -> list[ValidMessage] | None:
         batch = _batch_decoder.decode(body)
     except msgspec.DecodeError:
         return None
+    if len(batch.messages) >= _AT_ONCE_FROM:
+        at_once = _checked_at_once(batch.messages)
+        if at_once is not None:
+            return at_once
     return _checked(batch.messages)

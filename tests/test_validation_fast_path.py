@@ -222,12 +222,16 @@ def _shapes(items: list[str]) -> list[Any]:
 
 
 def test_a_batch_without_client_ids_is_checked_at_once_as_item_by_item() -> None:
-    items = [item for item in GOOD_ITEMS if '"id"' not in item]
+    items = [item for item in GOOD_ITEMS if '"id"' not in item] * 2
+    assert len(items) >= validation._AT_ONCE_FROM, "batch_decode takes the at-once path for it"
     at_once = validation._checked_at_once(_shapes(items))
     assert at_once is not None and len(at_once) == len(items)
-    general = _general_batch(('{"messages": [' + ", ".join(items) + "]}").encode())
+    body = ('{"messages": [' + ", ".join(items) + "]}").encode()
+    general = _general_batch(body)
     assert isinstance(general, list)
     assert [_exactly(m) for m in at_once] == [_exactly(m) for m in general]
+    decoded = _assert_batch_equivalent(body)
+    assert decoded is not None and [_exactly(m) for m in decoded] == [_exactly(m) for m in general]
 
 
 @pytest.mark.parametrize(
