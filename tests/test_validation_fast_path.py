@@ -217,8 +217,12 @@ def test_a_good_batch_takes_the_fast_path_with_every_item_as_validated() -> None
     assert decoded is not None and len(decoded) == len(GOOD_ITEMS)
 
 
+def _batch_body(items: list[str]) -> bytes:
+    return ('{"messages": [' + ", ".join(items) + "]}").encode()
+
+
 def _shapes(items: list[str]) -> list[Any]:
-    return validation._batch_decoder.decode(('{"messages": [' + ", ".join(items) + "]}").encode()).messages
+    return validation._batch_decoder.decode(_batch_body(items)).messages
 
 
 def test_a_batch_without_client_ids_is_checked_at_once_as_item_by_item() -> None:
@@ -226,7 +230,7 @@ def test_a_batch_without_client_ids_is_checked_at_once_as_item_by_item() -> None
     assert len(items) >= validation._AT_ONCE_FROM, "batch_decode takes the at-once path for it"
     at_once = validation._checked_at_once(_shapes(items))
     assert at_once is not None and len(at_once) == len(items)
-    body = ('{"messages": [' + ", ".join(items) + "]}").encode()
+    body = _batch_body(items)
     general = _general_batch(body)
     assert isinstance(general, list)
     assert [_exactly(m) for m in at_once] == [_exactly(m) for m in general]
