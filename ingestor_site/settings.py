@@ -10,7 +10,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -208,7 +208,8 @@ def redis_url_with_options(url: str, **options: float) -> str:
     query = dict(parse_qsl(parts.query))
     for name, value in options.items():
         query.setdefault(name, str(value))
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    # Not urlunsplit: it drops the empty host of a Unix socket's `unix:///path`.
+    return f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(query)}"
 
 
 RQ_QUEUES = {

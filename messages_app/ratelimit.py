@@ -76,7 +76,7 @@ def _limiter() -> FixedWindowRateLimiter:
         from limits.aio.strategies import FixedWindowRateLimiter
 
         storage = RedisStorage(
-            f"async+{settings.REDIS_URL}",
+            limits_storage_uri(settings.REDIS_URL),
             implementation="redispy",
             wrap_exceptions=True,
             key_prefix=KEY_PREFIX,
@@ -85,6 +85,13 @@ def _limiter() -> FixedWindowRateLimiter:
         )
         limiter = _limiters[loop] = FixedWindowRateLimiter(storage)
     return limiter
+
+
+def limits_storage_uri(redis_url: str) -> str:
+    """REDIS_URL as the `limits` library names the same server for its asyncio storage: its
+    scheme for a Unix socket is `redis+unix`."""
+    scheme, separator, rest = redis_url.partition("://")
+    return f"async+{'redis+unix' if scheme == 'unix' else scheme}{separator}{rest}"
 
 
 def identity_of_key(api_key: str) -> str:

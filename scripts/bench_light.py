@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import bench  # noqa: E402
 
-from ingestor_site.embedded import fresh_services  # noqa: E402
+from ingestor_site.embedded import fresh_services, redis_url_database  # noqa: E402
 from ingestor_site.processes import BASE_DIR  # noqa: E402
 
 DATA_DIR = BASE_DIR / ".data" / "bench-light"
@@ -129,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         bench.schema_migrate(database_url, redis_url)
         post_lua = Path(scratch) / "post.lua"
         post_lua.write_text(bench.POST_LUA)
-        base_url = redis_url.rsplit("/", 1)[0]
         codes: list[Code] = []
         try:
             variants = [(f"this checkout ({revision()})", BASE_DIR),
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             for index, (label, code_dir) in enumerate(variants, 1):
                 log_dir = Path(scratch) / f"code-{index}"
                 log_dir.mkdir()
-                stack = bench.Stack(database_url=database_url, redis_url=f"{base_url}/{index}",
+                stack = bench.Stack(database_url=database_url, redis_url=redis_url_database(redis_url, index),
                                     log_dir=log_dir, code_dir=code_dir)  # fmt: skip
                 codes.append(Code(label=label, stack=stack))  # stopped below even if it fails to start
                 stack.start(workers=1)

@@ -27,7 +27,7 @@ import redis as redis_lib
 import uuid6
 from django.conf import settings
 
-from ingestor_site.embedded import EmbeddedPostgres
+from ingestor_site.embedded import EmbeddedPostgres, EmbeddedRedis
 from ingestor_site.processes import MANAGE, WEB_HEADER_TIMEOUT_MS
 from tests.conftest import subprocess_database_url
 from tests.livestack import LiveStack, wait_until
@@ -291,6 +291,46 @@ def test_with_api_keys_each_key_has_its_own_rate_limit(shared_stack: StackFactor
     assert [response.status_code for response in first] == [201, 201, 201, 429]
     assert other.status_code == 201
     assert no_key.status_code == 401  # refused for its key before it counts against anyone
+
+
+def test_through_redis_unix_socket_the_api_the_rate_limit_and_the_worker_work_as_over_tcp(
+    transactional_db: None, tmp_path: Path, output_dir: Path
+) -> None:
+    """`make run` hands its processes its embedded Redis's Unix socket: every Redis client of
+    theirs (the batcher's enqueue, the rate limiter, the rq worker) must reach it there."""
+    server = EmbeddedRedis(tmp_path / "redis", persistent=False).start()
+    stack = LiveStack(database_url=subprocess_database_url(), redis_url=server.socket_url, log_dir=output_dir,
+                      INGEST_RATE_LIMIT="3/minute")  # fmt: skip
+    try:
+        assert server.socket_url == f"unix://{tmp_path / 'redis' / 'redis.sock'}?db=0"
+        stack.web_start()
+        stack.worker_start()
+        with httpx.Client(base_url=stack.url, timeout=10) as client:
+            answers = [client.post("/messages", json=message(n)) for n in range(4)]
+        assert [response.status_code for response in answers] == [201, 201, 201, 429]
+        acknowledged = [response.json()["message_id"] for response in answers[:3]]
+        wait_all_stored(subprocess_database_url(), acknowledged, timeout_s=30)
+        assert_exactly_once(subprocess_database_url(), acknowledged)
+        # The messages went through the socket's server: its counters say so.
+        counted = redis_lib.Redis.from_url(server.socket_url).get("total_accepted")
+        assert counted == b"3"
+    finally:
+        stack.stop()
+        server.stop()
+
+
+def test_a_deep_data_folder_puts_the_redis_socket_in_a_private_temporary_folder(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    server = EmbeddedRedis(deep / "redis", persistent=False).start()
+    socket_dir = server.socket_path.parent
+    try:
+        assert not server.socket_path.is_relative_to(deep)
+        assert len(os.fsencode(server.socket_path)) <= 103
+        assert socket_dir.stat().st_mode & 0o077 == 0  # the owner's alone
+        assert redis_lib.Redis.from_url(server.socket_url).ping()
+    finally:
+        server.stop()
+    assert not socket_dir.exists()
 
 
 def test_an_anonymous_client_with_its_own_csrf_cookie_is_rate_limited_on_simulate(

@@ -214,6 +214,14 @@ def test_redis_url_with_options_keeps_the_scheme_credentials_and_query() -> None
     assert "health_check_interval=30" in url
 
 
+def test_redis_url_with_options_keeps_a_unix_sockets_path() -> None:
+    url = redis_url_with_options("unix:///run/ingestor/redis.sock?db=3", socket_timeout=1.0)
+    assert url == "unix:///run/ingestor/redis.sock?db=3&socket_timeout=1.0"
+    assert (
+        redis_lib.Redis.from_url(url).connection_pool.connection_kwargs["path"] == "/run/ingestor/redis.sock"
+    )
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("BATCH_SIZE", "0"), ("BATCH_SIZE", "many"), ("DEBUG", "maybe"), ("INGEST_MAX_BODY_BYTES", "10"),
