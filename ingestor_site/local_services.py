@@ -218,11 +218,8 @@ class LocalServices:
             self.started.append(redis)
             redis.start()
             self.ownership.server_add(redis)
-            # Its Unix socket: on one host, cheaper for every process than loopback TCP (embedded.py).
-            self.env["REDIS_URL"] = redis.socket_url
-            self._say(
-                f"embedded Redis on {redis.socket_url} and {redis.url} (append-only file in {redis.data_dir})"
-            )
+            self.env["REDIS_URL"] = redis.url
+            self._say(f"embedded Redis on {redis.url} (append-only file in {redis.data_dir})")
         self.ownership.write(database_url=self.env["DATABASE_URL"], redis_url=self.env.get("REDIS_URL", ""))
 
     def record(self, **fields: Any) -> None:

@@ -296,8 +296,8 @@ def test_with_api_keys_each_key_has_its_own_rate_limit(shared_stack: StackFactor
 def test_through_redis_unix_socket_the_api_the_rate_limit_and_the_worker_work_as_over_tcp(
     transactional_db: None, tmp_path: Path, output_dir: Path
 ) -> None:
-    """`make run` hands its processes its embedded Redis's Unix socket: every Redis client of
-    theirs (the batcher's enqueue, the rate limiter, the rq worker) must reach it there."""
+    """REDIS_URL=unix://...: every Redis client of the stack (the batcher's enqueue, the rate
+    limiter, the rq worker) reaches Redis through the socket."""
     server = EmbeddedRedis(tmp_path / "redis", persistent=False).start()
     stack = LiveStack(database_url=subprocess_database_url(), redis_url=server.socket_url, log_dir=output_dir,
                       INGEST_RATE_LIMIT="3/minute")  # fmt: skip
