@@ -77,9 +77,9 @@ def test_jobs_behind_are_claimed_a_step_at_a_time_into_one_transaction(
     steps: list[int] = []
     real_step = jobs._absorb_step
 
-    def step(job: Job, *, rows: int, jobs: int) -> list[Job]:
+    def step(job: Job, *, rows: int, jobs: int) -> list[jobs.Absorbed]:
         taken = real_step(job, rows=rows, jobs=jobs)
-        steps.append(sum(len(other.args[0]) for other in taken))
+        steps.append(sum(len(other.batch) for other in taken))
         return taken
 
     monkeypatch.setattr(jobs, "_absorb_step", step)
@@ -103,6 +103,26 @@ def test_a_job_that_is_not_a_plain_persist_keeps_its_place(redis_client: redis_l
     _work()
     assert Message.objects.count() == 4
     assert sorted(_batch_sizes(redis_client)) == [2, 2], "1 + 1 absorbed; the hand-made job alone"
+
+
+@pytest.mark.parametrize(
+    "meta", [b"\x80 not JSON", b'{"rows": 1.5}', b'{"rows": -1}', b'{"rows": true}', b'{"rows": "1"}', b"[1]"]
+)
+def test_a_queued_job_whose_meta_gives_no_row_count_keeps_its_place(
+    redis_client: redis_lib.Redis, meta: bytes
+) -> None:
+    queue: Queue = services.ingest_queue()
+    for _ in range(3):
+        batch_enqueue(batch=_rows(2))
+    head_id, odd_id, last_id = queue.get_job_ids()
+    redis_client.hset(Job.key_for(odd_id), "meta", meta)
+    head = Job.fetch(head_id, connection=queue.connection, serializer=JSONSerializer)
+    queue.remove(head)  # as the worker's dequeue does
+    taken = jobs._absorb_step(head, rows=2, jobs=0)
+    assert [other.id for other in taken] == [last_id]
+    assert [len(other.batch) for other in taken] == [2]
+    assert queue.get_job_ids() == [odd_id]
+    assert redis_client.lrange(jobs.ABSORBED_KEY_PREFIX + head_id, 0, -1) == [last_id.encode()]
 
 
 def test_jobs_absorbed_by_a_run_that_died_are_stored_by_its_rerun(redis_client: redis_lib.Redis) -> None:
