@@ -442,13 +442,20 @@ def limits_measure(
     for index in range(runs):
         light = bench_limits.light_load(stack.url, wrk=wrk, post_lua=post_lua, fresh=fresh)
         limits.light.append(light)
+        pipeline = sustained(1)
+        # COPY of as many rows as the load stored (the goal's reference), then of 300,000 rows
+        # into the empty table (the reference until 2026-12-01), each alone on the machine.
         fresh()
-        copied = bench_limits.copy_rate(database_url)
-        compared = bench_limits.BatchVsCopy(copy_rows_per_s=copied, pipeline=sustained(1))
+        copied = bench_limits.copy_rate(database_url, rows=pipeline.stored)
+        small = bench_limits.copy_rate(database_url)
+        compared = bench_limits.BatchVsCopy(
+            copy_rows_per_s=copied, pipeline=pipeline, copy_small_rows_per_s=small
+        )
         limits.batch.append(compared)
         say(f"limits run {index + 1}/{runs}: one connection p50 {light.post['p50']:.2f} against "
-            f"{light.noop['p50']:.2f} ms ({light.ratio:.1f}x); batch {compared.pipeline.persisted_per_s:,.0f} "
-            f"persisted against COPY {copied:,.0f} rows/s ({compared.ratio:.2f})")  # fmt: skip
+            f"{light.noop['p50']:.2f} ms ({light.ratio:.1f}x); batch {pipeline.persisted_per_s:,.0f} "
+            f"persisted against COPY {copied:,.0f} rows/s of {pipeline.stored:,} ({compared.ratio:.2f}; "
+            f"{small:,.0f} rows/s of {bench_limits.COPY_SMALL_ROWS:,})")  # fmt: skip
     for count in WORKER_COUNTS:
         stack.workers_set(count)
         limits.workers.append(sustained(count))

@@ -157,9 +157,46 @@ def test_the_goals_are_ratios_of_figures_from_the_same_run(bench: ModuleType) ->
     assert "| 3.4 (2.8–4.0)× (0.75 against 0.23 ms) | no |" in text
     # POST over the no-op, run by run: 8,000 / 15,050, 7,000 / 15,508, 9,000 / 16,814.
     assert "| 0.53 (0.45–0.54) | no |" in text
-    assert "| 0.40 (0.40–0.40) (40,000 against 100,000) | no |" in text
+    assert (
+        "| 0.40 (0.40–0.40) (40,000 against 100,000, COPY of as many rows as the load stored, 400,000) | no |"
+        in text
+    )
     assert "| 1 | 40,000 | 60,000 | 90% | 30% | 60% | 2% | 1% | 183% of 200% | web |" in text
     assert "$" not in text
+
+
+def test_the_goal_row_also_gives_the_ratio_against_the_small_copy_of_earlier_runs(bench: ModuleType) -> None:
+    limits_module = sys.modules["bench_limits"]
+    pipeline = limits_module.Sustained(workers=1, stored=2_000_000, persisted_per_s=120_000.0,
+                                       acknowledged_per_s=190_000.0, cpu_percent={})  # fmt: skip
+    runs = [
+        limits_module.BatchVsCopy(
+            copy_rows_per_s=150_000.0, pipeline=pipeline, copy_small_rows_per_s=240_000.0
+        ),
+        limits_module.BatchVsCopy(
+            copy_rows_per_s=200_000.0, pipeline=pipeline, copy_small_rows_per_s=300_000.0
+        ),
+    ]
+    (row,) = limits_module.goal_rows(light=[], ceiling={}, batch=runs, memory_rss_mb=None)
+    # 120,000 / 150,000 = 0.80 and 120,000 / 200,000 = 0.60: the worse run misses the goal.
+    assert (
+        "| 0.70 (0.60–0.80) (120,000 against 175,000, COPY of as many rows as the load stored, 2,000,000)"
+        in row
+    )
+    assert "; against 300,000 rows into the empty table 0.45 (0.40–0.50) | no |" in row
+
+
+def test_the_copy_reference_made_a_chunk_at_a_time_continues_one_sequence(bench: ModuleType) -> None:
+    limits_module = sys.modules["bench_limits"]
+    whole = limits_module.load_like_rows(3_000)
+    second = limits_module.load_like_rows(2_000, first=1_000)
+    # The same users and channels, item for item, as the rows they stand in for.
+    assert [row[1:4] for row in second] == [row[1:4] for row in whole[1_000:]]
+    receipts = [row[4] for row in second]
+    assert receipts[0] == receipts[999] < receipts[1_000], "one receipt time per request of 1,000"
+    assert (
+        inspect.signature(limits_module.copy_rate).parameters["rows"].default == limits_module.COPY_SMALL_ROWS
+    )
 
 
 def test_the_copy_reference_stores_the_rows_the_batch_load_stores(bench: ModuleType) -> None:
