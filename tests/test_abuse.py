@@ -331,6 +331,11 @@ def test_a_deep_data_folder_puts_the_redis_socket_in_a_private_temporary_folder(
     finally:
         server.stop()
     assert not socket_dir.exists()
+    server.start()  # again: in a new private folder
+    try:
+        assert redis_lib.Redis.from_url(server.socket_url).ping()
+    finally:
+        server.stop()
 
 
 def test_an_anonymous_client_with_its_own_csrf_cookie_is_rate_limited_on_simulate(
