@@ -331,15 +331,8 @@ class Watched:
 
 
 def listener_pid(url: str) -> int:
-    """The process listening on the TCP port, or the Unix socket, of `url` (an embedded or local
-    server)."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        for connection in psutil.net_connections(kind="unix"):
-            if connection.laddr == parts.path and connection.pid:
-                return int(connection.pid)
-        raise RuntimeError(f"no process of this machine listens on {parts.path} ({url})")
-    port = parts.port
+    """The process listening on the TCP port of `url` (an embedded or local server)."""
+    port = urlsplit(url).port
     for connection in psutil.net_connections(kind="tcp"):
         if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
             return int(connection.pid)

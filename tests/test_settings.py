@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from ingestor_site.embedded import redis_url_database
 from ingestor_site.settings import (
     DEVELOPMENT_SECRET_KEY,
     database_from_url,
@@ -212,6 +213,19 @@ def test_redis_url_with_options_keeps_the_scheme_credentials_and_query() -> None
     assert "ssl_cert_reqs=none" in url
     assert "socket_timeout=3" in url  # the URL's own value wins
     assert "health_check_interval=30" in url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://:pw@127.0.0.1:6380/0", "redis://:pw@127.0.0.1:6380/3"),
+        ("unix:///run/ingestor/redis.sock?db=0", "unix:///run/ingestor/redis.sock?db=3"),
+        ("unix:///run/ingestor/redis.sock", "unix:///run/ingestor/redis.sock?db=3"),
+    ],
+)
+def test_a_redis_url_names_another_database_in_either_form(url: str, expected: str) -> None:
+    """How the benchmarks give each of two stacks a database of one Redis."""
+    assert redis_url_database(url, 3) == expected
 
 
 def test_redis_url_with_options_keeps_a_unix_sockets_path() -> None:
