@@ -169,8 +169,14 @@ def _absorbed_earlier(job: Job) -> list[Absorbed]:
     """The jobs an earlier run of this job absorbed: it died, or its transaction failed, before
     they were stored."""
     earlier = _ids(job.connection.lrange(ABSORBED_KEY_PREFIX + job.id, 0, -1))
-    fetched = Job.fetch_many(earlier, job.connection, serializer=job.serializer)
-    return [Absorbed(other.id, other.args[0]) for other in fetched if other is not None]
+    with job.connection.pipeline(transaction=False) as pipe:
+        for job_id in earlier:
+            pipe.hget(Job.key_for(job_id), "data")
+        found = pipe.execute()
+    # A job gone meanwhile (deleted by hand) has nothing left to store.
+    return [
+        Absorbed(job_id, _job_batch(job, data)) for job_id, data in zip(earlier, found, strict=True) if data
+    ]
 
 
 def _absorb_step(job: Job, *, rows: int, jobs: int) -> list[Absorbed]:
@@ -186,7 +192,7 @@ def _absorb_step(job: Job, *, rows: int, jobs: int) -> list[Absorbed]:
     if room <= 0 or rows >= ABSORB_MAX_ROWS:
         return []
     reply = _claim_step_script()(
-        keys=[Queue.redis_queue_namespace_prefix + job.origin, ABSORBED_KEY_PREFIX + job.id],
+        keys=[_queue_key(job), ABSORBED_KEY_PREFIX + job.id],
         args=[ABSORBED_KEY_PREFIX, Job.redis_job_namespace_prefix, room, rows, ABSORB_MAX_ROWS, ABSORB_STEP_ROWS,
               JobStatus.QUEUED.value, JOB_ROWS_META],
         client=job.connection,
@@ -224,8 +230,13 @@ def _linger_if_worthwhile(job: Job, *, rows: int) -> None:
     during the wait must not be stored as inserted before they were received."""
     if settings.WORKER_LINGER_MS <= 0 or rows not in LINGER_ROWS:
         return
-    if job.connection.llen(Queue.redis_queue_namespace_prefix + job.origin) in LINGER_WAITING_JOBS:
+    if job.connection.llen(_queue_key(job)) in LINGER_WAITING_JOBS:
         time.sleep(settings.WORKER_LINGER_MS / 1000.0)
+
+
+def _queue_key(job: Job) -> str:
+    """The Redis list of the queue `job` came from."""
+    return Queue.redis_queue_namespace_prefix + job.origin
 
 
 def _ids(items: Any) -> list[str]:
