@@ -22,6 +22,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from ingestor_site.handlers import API_PATHS, ApiASGIHandler, Receive, Scope, Send  # noqa: E402
 from metrics_app.routing import websocket_urlpatterns  # noqa: E402
+from telemetry.collector import collector_settle  # noqa: E402
 
 api_application = ApiASGIHandler()
 
@@ -39,3 +40,6 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 )
+
+# Everything a web process serves with is loaded by now (telemetry/collector.py).
+collector_settle()

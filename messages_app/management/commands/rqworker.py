@@ -16,6 +16,7 @@ from django.conf import settings
 from django_rq.management.commands.rqworker import Command as DjangoRQWorkerCommand
 
 from messages_app.worker import WORKER_TTL_S
+from telemetry.collector import collector_settle
 
 
 class Command(DjangoRQWorkerCommand):
@@ -30,4 +31,6 @@ class Command(DjangoRQWorkerCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # Loaded by now: Django, rq, this project's modules (telemetry/collector.py).
+        collector_settle()
         super().handle(*(args or ("ingest",)), **options)  # type: ignore[no-untyped-call]  # as above
