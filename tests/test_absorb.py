@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+from django.db import OperationalError
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -35,6 +36,20 @@ def _rows(count: int) -> list[BatchRow]:
 def _work() -> None:
     queue = services.ingest_queue()
     SimpleWorker([queue], connection=queue.connection, serializer=JSONSerializer).work(burst=True)
+
+
+@pytest.fixture
+def jobs_run(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each persist job the worker runs (of the job itself, not what it absorbs)."""
+    sizes: list[int] = []
+    real = jobs.persist_batch
+
+    def persist_batch(batch: list[Any]) -> int:
+        sizes.append(len(batch))
+        return real(batch)
+
+    monkeypatch.setattr(jobs, "persist_batch", persist_batch)
+    return sizes
 
 
 def _batch_sizes(redis_client: redis_lib.Redis) -> list[int]:
@@ -88,8 +103,105 @@ def test_jobs_behind_are_claimed_a_step_at_a_time_into_one_transaction(
         batch_enqueue(batch=_rows(size))
     _work()
     assert Message.objects.count() == 7 * size
-    assert steps == [4 * size, 2 * size, 0], "four jobs' rows a step, then the two left, then none"
+    # Four jobs' rows a step, then the two left, then none; then none ahead for a next transaction
+    # (a transaction of DRAIN_FROM_ROWS or more looks for one).
+    assert 7 * size >= jobs.DRAIN_FROM_ROWS
+    assert steps == [4 * size, 2 * size, 0, 0]
     assert _batch_sizes(redis_client) == [7 * size]
+    assert _leftovers(redis_client) == []
+
+
+@pytest.fixture
+def small_caps(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Transactions of at most 2,000 rows, claimed 500 at a time: a backlog of several
+    transactions in a few thousand rows. Returns the row cap."""
+    monkeypatch.setattr(jobs, "ABSORB_MAX_ROWS", 2_000)
+    monkeypatch.setattr(jobs, "ABSORB_STEP_ROWS", 500)
+    monkeypatch.setattr(jobs, "DRAIN_FROM_ROWS", 500)
+    return 2_000
+
+
+def test_a_backlog_beyond_one_transaction_is_drained_by_the_job_that_finds_it(
+    redis_client: redis_lib.Redis, small_caps: int, jobs_run: list[int]
+) -> None:
+    """Each transaction's successor is claimed while its COPY ends: one job, three transactions."""
+    batches = [_rows(100) for _ in range(45)]
+    for batch in batches:
+        batch_enqueue(batch=batch)
+    _work()
+    assert len(jobs_run) == 1
+    assert {str(pk) for pk in Message.objects.values_list("id", flat=True)} == {
+        r.id for b in batches for r in b
+    }
+    assert _batch_sizes(redis_client) == [500, 2_000, 2_000], "newest first"
+    assert int(redis_client.get(metrics.QUEUE_LENGTH) or 0) == 0
+    assert int(redis_client.get(metrics.TOTAL_MESSAGES) or 0) == 4_500
+    assert _leftovers(redis_client) == []
+
+
+def test_a_job_drains_no_longer_than_drain_max_s(
+    redis_client: redis_lib.Redis, small_caps: int, monkeypatch: pytest.MonkeyPatch, jobs_run: list[int]
+) -> None:
+    monkeypatch.setattr(jobs, "DRAIN_MAX_S", 0.0)
+    for _ in range(45):
+        batch_enqueue(batch=_rows(100))
+    _work()
+    assert len(jobs_run) == 3, "a transaction each: the first job took 19 jobs in, the second 19, the third 4"
+    assert Message.objects.count() == 4_500
+    assert _batch_sizes(redis_client) == [500, 2_000, 2_000]
+    assert _leftovers(redis_client) == []
+
+
+def test_a_job_drains_no_longer_than_a_quarter_of_its_timeout() -> None:
+    job = Job.create(
+        services.PERSIST_JOB, args=([],), timeout=1, connection=services.ingest_queue().connection
+    )
+    assert jobs._drain_for_s(job) == 0.25
+    job.timeout = 3_600
+    assert jobs._drain_for_s(job) == jobs.DRAIN_MAX_S
+    assert jobs._drain_for_s(None) == jobs.DRAIN_MAX_S
+
+
+def test_jobs_claimed_ahead_of_a_transaction_that_fails_are_stored_by_the_rerun(
+    redis_client: redis_lib.Redis, small_caps: int, monkeypatch: pytest.MonkeyPatch, jobs_run: list[int]
+) -> None:
+    """The first transaction commits, having claimed the second's jobs ahead; PostgreSQL goes
+    away before the second commits. The first's jobs are done with; the second's wait in the
+    job's absorbed list for its rerun, which stores them."""
+    queue: Queue = services.ingest_queue()
+    batches = [_rows(100) for _ in range(30)]
+    for batch in batches:
+        batch_enqueue(batch=batch)
+    head_id = queue.get_job_ids()[0]
+    real_persist = services.messages_persist_streamed
+    calls: list[int] = []
+
+    def persist(chunks: Any, *, job_id: str = "") -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OperationalError("PostgreSQL went away")
+        return real_persist(chunks, job_id=job_id)
+
+    monkeypatch.setattr(jobs, "messages_persist_streamed", persist)
+    _work()
+    assert len(jobs_run) == 1
+    assert Message.objects.count() == 2_000
+    assert _batch_sizes(redis_client) == [2_000], "the first transaction's metrics are recorded"
+    listed = jobs._ids(redis_client.lrange(jobs.ABSORBED_KEY_PREFIX + head_id, 0, -1))
+    assert len(listed) == 10, "the second transaction's jobs, claimed ahead"
+    assert all(redis_client.exists(Job.key_for(job_id)) for job_id in listed)
+    assert len(redis_client.keys("rq:job:*")) == 11, "the first's 19 absorbed jobs are deleted"
+
+    monkeypatch.setattr(jobs, "messages_persist_streamed", real_persist)
+    head = Job.fetch(head_id, connection=queue.connection, serializer=JSONSerializer)
+    queue.enqueue_job(head)  # its retry is due
+    _work()
+    assert len(jobs_run) == 2
+    assert {str(pk) for pk in Message.objects.values_list("id", flat=True)} == {
+        r.id for b in batches for r in b
+    }
+    # The rerun: its own 100 rows again (stored by the first transaction) and the 10 jobs'.
+    assert _batch_sizes(redis_client) == [1_100, 2_000]
     assert _leftovers(redis_client) == []
 
 
