@@ -102,10 +102,8 @@ class Batcher:
         """Wait until `rows` are in Redis inside a job; raise Overloaded or a Redis error if not."""
         if time.monotonic() < self._redis_down_until:
             raise RedisConnectionError("Redis was unreachable a moment ago")
-        if self.backlog >= self._max_backlog:
-            await self._backlog_refresh()
-            if self.backlog >= self._max_backlog:
-                raise Overloaded
+        if await self.overloaded():
+            raise Overloaded
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._rows.extend(rows)
@@ -185,6 +183,14 @@ class Batcher:
             if self._flush_deferred or self._rows:
                 self._flush_deferred = False
                 self._flush()
+
+    async def overloaded(self) -> bool:
+        """Whether the backlog is over INGEST_MAX_BACKLOG, as the last flush or a read at most
+        _BACKLOG_REFRESH_S old saw it (one Redis read per process that often while refusing)."""
+        if self.backlog < self._max_backlog:
+            return False
+        await self._backlog_refresh()
+        return self.backlog >= self._max_backlog
 
     async def _backlog_refresh(self) -> None:
         if time.monotonic() - self._backlog_read_at < _BACKLOG_REFRESH_S:

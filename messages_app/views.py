@@ -96,12 +96,22 @@ def _json_body(body: bytes) -> tuple[Any, JsonResponse | None]:
         return None, json_error(400, f"malformed JSON: {exc}")
 
 
+def _overloaded() -> JsonResponse:
+    return json_error(503, f"backlog over {settings.INGEST_MAX_BACKLOG} messages; retry later")
+
+
+async def _refused_for_backlog() -> JsonResponse | None:
+    """The 503 to answer before reading a message when the backlog is full: a refused batch of
+    1,000 cost its web process the decode, the checks and the rows of a batch it then dropped."""
+    return _overloaded() if await batcher_for_loop().overloaded() else None
+
+
 async def _submit(rows: list[BatchRow]) -> JsonResponse | None:
     """Hand rows to the batcher; None once they are in Redis, else the 503 to answer."""
     try:
         await batcher_for_loop().submit(rows)
     except Overloaded:
-        return json_error(503, f"backlog over {settings.INGEST_MAX_BACKLOG} messages; retry later")
+        return _overloaded()
     except (RedisError, OSError) as exc:
         # A timeout can come after Redis applied the enqueue: the ids let a client retry
         # idempotently (sending each one back as `id`) instead of risking a duplicate.
@@ -246,6 +256,8 @@ async def messages(request: HttpRequest) -> HttpResponse:
         return await messages_list(request)
     if request.method != "POST":
         return method_not_allowed(request, "GET, HEAD, POST")
+    if (refused := await _refused_for_backlog()) is not None:
+        return _counted(refused)
     body, problem = _body(request)
     if problem is not None:
         return _counted(problem)
@@ -284,6 +296,8 @@ async def messages_batch(request: HttpRequest) -> HttpResponse:
     """POST up to INGEST_MAX_BATCH_ITEMS messages; good items land whatever the bad ones say."""
     if request.method != "POST":
         return method_not_allowed(request, "POST")
+    if (refused := await _refused_for_backlog()) is not None:
+        return _counted(refused)
     body, problem = _body(request)
     if problem is not None:
         return _counted(problem)

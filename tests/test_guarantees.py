@@ -474,10 +474,16 @@ def test_backlog_over_the_limit_answers_503_and_loses_nothing(shared_stack: Call
                 refused.append(response)
         batch = client.post("/messages/batch", json={"messages": [message(i) for i in range(5)]})
         refused.append(batch)
+        # Refused before the body is read: malformed JSON is not looked at, a client id not claimed.
+        refused.append(
+            client.post("/messages/batch", content=b"{not json", headers={"Content-Type": "application/json"})
+        )
+        client_id = str(uuid6.uuid7())
+        refused.append(client.post("/messages", json={**message(1), "id": client_id}))
 
         # One web process and one request at a time: the high-water mark holds exactly.
         assert len(acknowledged) == 50
-        assert len(refused) == 21
+        assert len(refused) == 23
         for response in refused:
             assert response.status_code == 503, response.text
             assert response.headers["Retry-After"].isdigit()
@@ -495,6 +501,11 @@ def test_backlog_over_the_limit_answers_503_and_loses_nothing(shared_stack: Call
             what="201 after the backlog drained",
         )
         acknowledged.append(str(later))
+        # The refused client id was never bound to its message: other content may take it.
+        taken = client.post("/messages", json={**message(2), "id": client_id})
+        assert taken.status_code == 201, taken.text
+        assert taken.json()["replay"] is False
+        acknowledged.append(client_id)
     wait_all_stored(database_url, acknowledged, timeout_s=30)
     assert_exactly_once(database_url, acknowledged)
 
