@@ -185,6 +185,8 @@ class Sustained:
     persisted_per_s: float  # stored / (last commit - first receipt)
     acknowledged_per_s: float  # during the load
     cpu_percent: dict[str, float]  # process group -> % of one core, over the load and its drain
+    # Messages a second the API refused during the load (503: the backlog reached INGEST_MAX_BACKLOG).
+    refused_per_s: float = 0.0
 
 
 def sustained_batch(
@@ -204,15 +206,25 @@ def sustained_batch(
                    script=batch_lua)  # fmt: skip
         drain()
     stored, rate = persisted_figures(database_url)
+    acknowledged, refused = messages_answered(load)
     # wrk is gone by now: its share comes from its own CPU time over the load.
     cpu["wrk"] = load["cpu_percent"] * SUSTAINED_S / cpu.pop("elapsed_s")
     return Sustained(
         workers=workers,
         stored=stored,
         persisted_per_s=rate,
-        acknowledged_per_s=load["requests_per_s"] * 1000,
+        acknowledged_per_s=acknowledged,
+        refused_per_s=refused,
         cpu_percent=cpu,
     )
+
+
+def messages_answered(load: dict[str, float]) -> tuple[float, float]:
+    """Messages a second the batch load had acknowledged (2xx) and refused (any other answer: a
+    503 once the backlog is full), from wrk's figures; wrk's requests/s counts both."""
+    requests = load["requests_per_s"] * SUSTAINED_S
+    refused = min(load.get("non_2xx", 0.0), requests)
+    return (requests - refused) * BATCH_ITEMS / SUSTAINED_S, refused * BATCH_ITEMS / SUSTAINED_S
 
 
 @dataclass(frozen=True)
@@ -313,8 +325,9 @@ def worker_rows(table: list[Sustained], cores: int) -> list[str]:
         cpu = run.cpu_percent
         total = sum(cpu.values())
         busiest = max(cpu, key=lambda name: cpu[name])
+        refused = f" ({run.refused_per_s:,.0f} refused)" if run.refused_per_s else ""
         rows.append(
-            f"| {run.workers} | {run.persisted_per_s:,.0f} | {run.acknowledged_per_s:,.0f} "
+            f"| {run.workers} | {run.persisted_per_s:,.0f} | {run.acknowledged_per_s:,.0f}{refused} "
             f"| {cpu.get('web', 0):.0f}% | {cpu.get('workers', 0):.0f}% | {cpu.get('PostgreSQL', 0):.0f}% "
             f"| {cpu.get('Redis', 0):.0f}% | {cpu.get('wrk', 0):.0f}% | {total:.0f}% of {cores * 100}% | {busiest} |"
         )

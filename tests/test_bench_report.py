@@ -165,6 +165,18 @@ def test_the_goals_are_ratios_of_figures_from_the_same_run(bench: ModuleType) ->
     assert "$" not in text
 
 
+def test_the_batch_load_counts_the_messages_refused_for_a_full_backlog_apart(bench: ModuleType) -> None:
+    limits_module = sys.modules["bench_limits"]
+    # 10 s at 100 requests/s of 1,000 messages, 400 of the 1,000 requests answered 503.
+    acknowledged, refused = limits_module.messages_answered({"requests_per_s": 100.0, "non_2xx": 400.0})
+    assert (acknowledged, refused) == (60_000.0, 40_000.0)
+    assert limits_module.messages_answered({"requests_per_s": 100.0, "non_2xx": 0.0}) == (100_000.0, 0.0)
+    run = limits_module.Sustained(workers=2, stored=600_000, persisted_per_s=50_000.0, acknowledged_per_s=acknowledged,
+                                  refused_per_s=refused, cpu_percent={"web": 100.0, "PostgreSQL": 70.0})  # fmt: skip
+    (row,) = limits_module.worker_rows([run], cores=2)
+    assert row.startswith("| 2 | 50,000 | 60,000 (40,000 refused) | 100% |")
+
+
 def test_the_goal_row_also_gives_the_ratio_against_the_small_copy_of_earlier_runs(bench: ModuleType) -> None:
     limits_module = sys.modules["bench_limits"]
     pipeline = limits_module.Sustained(workers=1, stored=2_000_000, persisted_per_s=120_000.0,
