@@ -172,8 +172,9 @@ def _rows_copy(chunks: Iterable[Sequence[Sequence[Any]]], committed_at: datetime
                 ids, user_ids, channel_ids, contents, received = zip(*batch, strict=True)
                 moments = _moments(received)
                 created_at = map(moments.__getitem__, received)
+                inserted_at = _inserted_at(committed_at, moments)
                 for row in zip(_uuid_bytes(ids), user_ids, channel_ids, contents, created_at,
-                               itertools.repeat(committed_at)):  # fmt: skip
+                               itertools.repeat(inserted_at)):  # fmt: skip
                     copy.write_row(row)
         return cursor.rowcount  # read before the cursor closes, which forgets it
 
@@ -197,6 +198,14 @@ def _uuid_bytes(ids: Sequence[Any]) -> list[bytes]:
     return [uuid.UUID(str(message_id)).bytes for message_id in ids]
 
 
+def _inserted_at(committed_at: datetime, moments: dict[Any, datetime]) -> datetime:
+    """The `inserted_at` of rows received at `moments` (_moments), stored by a transaction that
+    started at `committed_at`: that time, or the latest receipt when a row came after it. A
+    transaction takes in jobs queued while it runs (messages_app/jobs.py), whose rows must not
+    read as stored before they were received."""
+    return max(committed_at, max(moments.values(), default=committed_at))
+
+
 def _moments(received: Sequence[Any]) -> dict[Any, datetime]:
     """Each distinct receipt time as a datetime, the one the API's answer gave as `queued_at`: the
     rows of one request share theirs, so a batch holds few."""
@@ -217,7 +226,8 @@ def _rows_insert(batch: Sequence[Sequence[Any]], committed_at: datetime) -> int:
     ids, user_ids, channel_ids, contents, received = zip(*batch, strict=True)
     moments = _moments(received)
     created_at = list(map(moments.__getitem__, received))
-    params = [committed_at, list(ids), list(user_ids), list(channel_ids), list(contents), created_at]
+    inserted_at = _inserted_at(committed_at, moments)
+    params = [inserted_at, list(ids), list(user_ids), list(channel_ids), list(contents), created_at]
     connection.ensure_connection()
     # psycopg's own cursor binds parameters server-side; Django's default client-side binding
     # quotes every array element into the SQL text, which profiled as most of the insert's CPU.

@@ -484,3 +484,25 @@ def test_a_chunk_that_cannot_be_made_rolls_the_transaction_back_and_raises_its_e
     with pytest.raises(Gone):
         services.messages_persist_streamed(chunks(), job_id="j")
     assert Message.objects.count() == 0
+
+
+def test_rows_received_after_their_transaction_started_are_not_stored_as_inserted_before_it() -> None:
+    """A transaction takes in jobs queued while it runs: their rows' `inserted_at` is their own
+    receipt, not the transaction's start, so receipt -> commit is never negative."""
+    started = time.time()
+    early, late = _rows(2, received=started - 1), _rows(2, received=started + 5)
+    result, _, _ = services.messages_persist_streamed(_chunks_made([early, late], []), job_id="j")
+    assert result.inserted == 4
+    stored = {str(message.id): message for message in Message.objects.all()}
+    late_at = stored[late[0].id].created_at
+    assert all(stored[row.id].inserted_at == late_at for row in late)
+    assert all(stored[row.id].created_at <= stored[row.id].inserted_at < late_at for row in early)
+
+
+def test_rows_stored_again_by_insert_are_not_inserted_before_their_receipt() -> None:
+    """The same for the INSERT ... ON CONFLICT path (here: an id repeated within the batch)."""
+    (row,) = _rows(1, received=time.time() + 5)
+    result = services.messages_persist(batch=[row, row, *_rows(1)])
+    assert (result.inserted, result.dead) == (2, 0)
+    assert all(message.inserted_at >= message.created_at for message in Message.objects.all())
+    assert Message.objects.get(id=row.id).inserted_at == Message.objects.get(id=row.id).created_at
