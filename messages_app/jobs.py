@@ -295,7 +295,7 @@ def _absorb_all(job: Job) -> list[Absorbed]:
     rows = 0
     while step := _absorb_step(job, rows=rows, jobs=len(taken)):
         taken.extend(step)
-        rows += sum(map(len, (other.batch for other in step)))
+        rows += sum(len(other.batch) for other in step)
     return taken
 
 
