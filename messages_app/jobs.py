@@ -132,25 +132,15 @@ def persist_batch(batch: list[Any]) -> int:
     if job is not None:
         _linger_if_worthwhile(job, rows=len(batch))
     drain = _Drain(job, until=time.perf_counter() + _drain_for_s(job))
-    inserted = 0
-    opening = _absorbed_earlier(job) if job is not None else []
-    own: list[Any] = batch
-    drained = False
     try:
-        while True:
-            inserted += drain.transaction(own, opening)
-            if not drain.ahead:
-                break
-            own, opening, drain.ahead = [], drain.ahead, []
-        drained = True
+        return drain.run(batch, _absorbed_earlier(job) if job is not None else [])
     finally:
         # Hand the connection back to the pool, and drop it if PostgreSQL went away meanwhile,
         # so the retry of this job starts on a fresh one.
         close_old_connections()
-        # A transaction that committed before a later one failed is counted all the same; the
-        # jobs the failed one claimed stay in the list, for the rerun.
-        drain.committed_record(final=drained)
-    return inserted
+        # After a failure: a transaction that committed before the failed one is counted all the
+        # same; the jobs the failed one claimed stay in the list, for the rerun.
+        drain.committed_record()
 
 
 # A job goes on draining the queue behind it after a transaction of at least this many rows (a
@@ -198,6 +188,17 @@ class _Drain:
         self.until = until
         self.ahead: list[Absorbed] = []
         self.committed: _Committed | None = None
+
+    def run(self, own: list[Any], opening: list[Absorbed]) -> int:
+        """Store `own` rows and the `opening` jobs', then the transactions claimed ahead of each
+        other while they come; the last one's bookkeeping included. Return how many rows were new."""
+        inserted = 0
+        while True:
+            inserted += self.transaction(own, opening)
+            if not self.ahead:
+                self.committed_record(final=True)
+                return inserted
+            own, opening, self.ahead = [], self.ahead, []
 
     def transaction(self, own: list[Any], opening: list[Absorbed]) -> int:
         """Store `own` rows and the `opening` jobs' with the jobs taken in behind them, in one
