@@ -46,10 +46,15 @@ def say(text: str) -> None:
 #   (its default, backlog / processes = 512, let ~1,000 idle sockets take the whole server
 #   away). Each held connection costs a few KB in granian and a file descriptor.
 # - Respawn: without it one worker's death makes the granian master stop the others too.
+# - Kill timeout: a worker the master respawns inherits the master's signal handlers until its
+#   own are set, after the site is loaded (about a second): a SIGTERM in that second is
+#   swallowed and the worker serves on, so without a bound the master's stop waits for it forever.
+#   Answering a request takes milliseconds, so a worker still up after this long is that one.
 WEB_HEADER_TIMEOUT_MS = 5_000
 WEB_CONNECTIONS_PER_PROCESS = 4_096
 WEB_BACKLOG = 4_096
 WEB_RESPAWN_INTERVAL_S = 0.2
+WEB_KILL_TIMEOUT_S = 10
 
 
 def web_command(
@@ -60,7 +65,8 @@ def web_command(
                "--workers", str(processes), "--log-level", "warning",
                "--http", "1", "--http1-header-read-timeout", str(WEB_HEADER_TIMEOUT_MS),
                "--backpressure", str(connections), "--backlog", str(WEB_BACKLOG),
-               "--respawn-failed-workers", "--respawn-interval", str(WEB_RESPAWN_INTERVAL_S)]  # fmt: skip
+               "--respawn-failed-workers", "--respawn-interval", str(WEB_RESPAWN_INTERVAL_S),
+               "--workers-kill-timeout", str(WEB_KILL_TIMEOUT_S)]  # fmt: skip
     if (STATIC_ROOT / "staticfiles.json").exists():
         # granian serves the collected files itself: WhiteNoise, being synchronous, would stream
         # them through Django's ASGI handler, which warns about (and buffers) sync iterators.
