@@ -74,7 +74,12 @@ def test_stop_kills_what_a_stopped_process_left_in_its_group_and_says_so() -> No
 
 # Options of granian's server that only its master uses (make run's web processes have none), and
 # the HTTP/2 settings, unused with `--http 1`.
-UNUSED_IN_WEB_PROCESS = {"respawn_failed_workers", "respawn_interval", "http2_settings"}
+UNUSED_IN_WEB_PROCESS = {
+    "respawn_failed_workers",
+    "respawn_interval",
+    "workers_kill_timeout",
+    "http2_settings",
+}
 
 
 def test_make_runs_web_process_serves_with_the_options_of_the_web_command(monkeypatch: Any) -> None:
