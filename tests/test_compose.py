@@ -195,3 +195,10 @@ def test_the_image_leaves_out_the_embedded_servers() -> None:
         assert not any("[" in word or requirement_name(word) in EMBEDDED_PACKAGES for word in words), (
             arguments
         )
+
+
+def test_compose_runs_postgres_with_the_embedded_ones_wal_size(compose_defaults: dict[str, Any]) -> None:
+    from ingestor_site.embedded import POSTGRES_MAX_WAL_SIZE  # noqa: PLC0415  # the one project import
+
+    command = compose_defaults["services"]["postgres"]["command"]
+    assert f"max_wal_size={POSTGRES_MAX_WAL_SIZE}" in command, command
