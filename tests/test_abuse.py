@@ -371,6 +371,7 @@ def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
     acknowledged: list[str] = []
     failures: list[str] = []  # ids of the requests that got no answer: stored or not, both are right
     failed_at: list[float] = []
+    unexpected: list[str] = []  # answers other than 201 (asserted here: a thread's assert is lost)
     stop = threading.Event()
 
     def load(thread: int) -> None:
@@ -378,14 +379,23 @@ def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
             index = 0
             while not stop.is_set():
                 index += 1
-                client_id = str(uuid6.uuid7())
+                body = {**message(index), "id": str(uuid6.uuid7())}
                 try:
-                    response = client.post("/messages", json={**message(index), "id": client_id})
+                    response = client.post("/messages", json=body)
+                    # Redis not answering within its timeout (1 s, a stalled machine) is a 503
+                    # naming the message's id: a client sends it again with that id, as the
+                    # README says, and it is stored once.
+                    for _ in range(30):
+                        if response.status_code != 503 or "message_ids" not in response.json():
+                            break
+                        response = client.post("/messages", json=body)
                 except httpx.TransportError:
-                    failures.append(client_id)  # in flight on, or queued for, the killed process
+                    failures.append(body["id"])  # in flight on, or queued for, the killed process
                     failed_at.append(time.monotonic())
                     continue
-                assert response.status_code == 201, response.text
+                if response.status_code != 201:
+                    unexpected.append(response.text)
+                    continue
                 acknowledged.append(response.json()["message_id"])
 
     threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
@@ -408,6 +418,7 @@ def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
             thread.join()
     assert stack.web.poll() is None, "the granian master exited"
     assert len(master.children()) == 2 and replaced
+    assert unexpected == []
     # Only requests caught by the killed process fail: those in flight on it and, since granian
     # gives each process a listening socket of its own (SO_REUSEPORT), connections the kernel
     # queued on that socket while the process was dying (a client reconnecting at once can be
