@@ -234,7 +234,7 @@ class EmbeddedServer:
 # 420 bytes of WAL a row with its indexes): the batch benchmark's 2,000,000 rows set off one or two
 # checkpoints, which flush the buffers while the rows go in and log every page again whole the
 # first time it changes after one; with 4GB none did, and the pipeline stored 0.80 of `COPY`'s
-# rate instead of 0.72 (README, Batches). Up to this much WAL is kept on disk.
+# rate instead of 0.71 (README, Benchmarks: sixth round). Up to this much WAL is kept on disk.
 POSTGRES_MAX_WAL_SIZE = "4GB"
 
 

@@ -49,7 +49,8 @@ def say(text: str) -> None:
 # - Kill timeout: a worker the master respawns inherits the master's signal handlers until its
 #   own are set, after the site is loaded (about a second): a SIGTERM in that second is
 #   swallowed and the worker serves on, so without a bound the master's stop waits for it forever.
-#   Answering a request takes milliseconds, so a worker still up after this long is that one.
+#   Requests are answered in milliseconds: what still holds a worker after this long is that
+#   swallowed signal, or a dashboard WebSocket, whose page reconnects to another process.
 WEB_HEADER_TIMEOUT_MS = 5_000
 WEB_CONNECTIONS_PER_PROCESS = 4_096
 WEB_BACKLOG = 4_096

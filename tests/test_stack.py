@@ -387,7 +387,7 @@ def test_make_run_compiles_the_projects_bytecode_first() -> None:
         assert path.stat().st_mtime >= source.stat().st_mtime
 
 
-def test_the_embedded_postgresql_writes_a_burst_without_a_checkpoint(own_postgres: EmbeddedPostgres) -> None:
+def test_the_embedded_postgresql_runs_with_room_for_a_burst_of_wal(own_postgres: EmbeddedPostgres) -> None:
     """Its max_wal_size holds the batch benchmark's 2,000,000 rows (~850 MB of WAL) with room:
     at the default 1GB they set off one or two checkpoints while they went in."""
     with psycopg.connect(own_postgres.url) as conn:
