@@ -412,6 +412,16 @@ def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
         replaced_at = time.monotonic()
         served = len(acknowledged)
         wait_until(lambda: len(acknowledged) > served + 200, timeout_s=30, what="load going on")
+        # The new process takes its share once it listens on the port (its own socket).
+        (new_pid,) = replaced
+        wait_until(
+            lambda: any(
+                connection.status == psutil.CONN_LISTEN and connection.laddr.port == stack.port
+                for connection in psutil.Process(new_pid).net_connections(kind="tcp")
+            ),
+            timeout_s=30,
+            what="the new web process listening",
+        )
     finally:
         stop.set()
         for thread in threads:
