@@ -382,9 +382,9 @@ def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
                 body = {**message(index), "id": str(uuid6.uuid7())}
                 try:
                     response = client.post("/messages", json=body)
-                    # Redis not answering within its timeout (1 s, a stalled machine) is a 503
-                    # naming the message's id: a client sends it again with that id, as the
-                    # README says, and it is stored once.
+                    # Redis's answer not read within its timeout (1 s: the loaded machine's loop
+                    # or Redis stalled) is a 503 naming the message's id: a client sends it again
+                    # with that id, as the README says, and it is stored once.
                     for _ in range(30):
                         if response.status_code != 503 or "message_ids" not in response.json():
                             break
