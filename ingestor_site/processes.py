@@ -56,13 +56,6 @@ WEB_CONNECTIONS_PER_PROCESS = 4_096
 WEB_BACKLOG = 4_096
 WEB_RESPAWN_INTERVAL_S = 0.2
 WEB_KILL_TIMEOUT_S = 10
-# The web processes' CPU priority below the workers' and PostgreSQL's on a shared host (a nice
-# value; 0 leaves it): a client that does not wait (a closed loop, a retry storm) keeps the web
-# tier busy however little a request costs, and at equal priority it took the CPU PostgreSQL
-# needed to store what was already acknowledged (at the batch load's peak, PostgreSQL preempted
-# ~350 times a second against ~50 in the drain). At 5 the load phase stored ~30% more rows a
-# second (README, Benchmarks: sixth round). Idle cores make it moot: one lone request is as fast.
-WEB_NICE = 5
 
 
 def web_command(
@@ -103,28 +96,15 @@ def spawn(
     env: dict[str, str],
     log: IO[bytes] | None = None,
     cwd: Path = BASE_DIR,
-    nice: int = 0,
     **popen: Any,
 ) -> subprocess.Popen[bytes]:
     """Start `command` as a process group leader, guarded by the watchdog; in this checkout unless
-    `cwd` names another (scripts/bench_light.py runs another commit's code beside this one).
-
-    With `nice`, at that much lower a CPU priority: its own nice value (`nice -n`, so every
-    thread it starts has it) and its session's. Linux's autogroups (`sched_autogroup`, on in most
-    distributions' kernels) share the CPU between sessions first, and a process's own nice value
-    only ranks it within its session; this process leads a session of its own, so the session's
-    nice (/proc/PID/autogroup) is what ranks it against the others (measured: with the process's
-    alone, the web processes' share did not move)."""
+    `cwd` names another (scripts/bench_light.py runs another commit's code beside this one)."""
     output: dict[str, Any] = {"stdout": log, "stderr": subprocess.STDOUT} if log is not None else {}
-    if nice:
-        command = ["nice", "-n", str(nice), *command]  # coreutils', on PATH on any POSIX system
     process = subprocess.Popen(  # noqa: S603
         command, env=env, cwd=cwd, start_new_session=True, **output, **popen
     )
     watchdog.guard(process.pid, stage=STAGE_PROCESSES)
-    if nice:
-        with contextlib.suppress(OSError):  # no autogroups (another kernel or system): the above
-            Path(f"/proc/{process.pid}/autogroup").write_text(str(nice))
     return process
 
 
@@ -232,16 +212,16 @@ class WebAndWorkers:
         self.workers: list[subprocess.Popen[bytes]] = []
         self._logs: dict[str, IO[bytes]] = {}
 
-    def _spawn(self, name: str, command: list[str], *, nice: int = 0) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
         if name not in self._logs:
             self._logs[name] = (self.log_dir / f"{name}.log").open("ab")
-        return spawn(command, env=self.env, log=self._logs[name], cwd=self.code_dir, nice=nice)
+        return spawn(command, env=self.env, log=self._logs[name], cwd=self.code_dir)
 
     def web_start(
         self, processes: int = 1, *, connections: int = WEB_CONNECTIONS_PER_PROCESS, timeout_s: float = 30.0
     ) -> None:
         command = web_command(port=self.port, processes=processes, connections=connections)
-        self.web = self._spawn("web", command, nice=WEB_NICE)
+        self.web = self._spawn("web", command)
         live_wait(self.url, process=self.web, timeout_s=timeout_s)
 
     def worker_start(self, name: str, *extra: str) -> subprocess.Popen[bytes]:

@@ -30,7 +30,6 @@ from ingestor_site.processes import (
     PYTHON,
     STOP_GRACE_S,
     WEB_CONNECTIONS_PER_PROCESS,
-    WEB_NICE,
     live_wait,
     say,
     spawn,
@@ -95,10 +94,8 @@ class Supervisor:
         workers: int,
         web_processes: int,
         web_connections: int = WEB_CONNECTIONS_PER_PROCESS,
-        web_nice: int = WEB_NICE,
     ) -> None:
         self.env = env
-        self.web_nice = web_nice
         web = functools.partial(_web_command, host, port, web_connections)
         self.web = [Child(f"web process {n}", web) for n in range(1, web_processes + 1)]
         self.workers = [
@@ -108,8 +105,7 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         # Own process groups: a Ctrl-C reaches only us, and we stop the children in order.
-        nice = self.web_nice if child in self.web else 0
-        child.process = spawn(child.command(child.restarts), env=self.env, nice=nice)
+        child.process = spawn(child.command(child.restarts), env=self.env)
         child.started_at = time.monotonic()
 
     def start(self) -> None:
@@ -165,7 +161,6 @@ def run() -> int:
     workers = int(os.environ.get("WORKERS", "1"))
     web_processes = int(os.environ.get("WEB_PROCESSES", "2"))
     web_connections = int(os.environ.get("WEB_MAX_CONNECTIONS", str(WEB_CONNECTIONS_PER_PROCESS)))
-    web_nice = int(os.environ.get("WEB_NICE", str(WEB_NICE)))
     shown_host = "localhost" if host in {"127.0.0.1", "0.0.0.0"} else host  # noqa: S104
     dashboard = f"http://{shown_host}:{port}/"
     if not port_free(host, port):
@@ -182,7 +177,7 @@ def run() -> int:
             # Before any worker: counters a crash left short of the table start from it again.
             manage(env, "metrics_reconcile", "-v", "0")
             supervisor = Supervisor(env, host=host, port=port, workers=workers, web_processes=web_processes,
-                                    web_connections=web_connections, web_nice=web_nice)  # fmt: skip
+                                    web_connections=web_connections)  # fmt: skip
 
             def on_signal(signum: int, frame: FrameType | None) -> None:
                 supervisor.stopping = True
