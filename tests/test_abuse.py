@@ -357,6 +357,29 @@ def test_an_anonymous_client_with_its_own_csrf_cookie_is_rate_limited_on_simulat
 # --- 3. a web process dies ------------------------------------------------------------------------
 
 
+def _web_processes(master: psutil.Process) -> list[psutil.Process]:
+    """The granian master's two web processes, once both are up."""
+    found: list[psutil.Process] = wait_until(
+        lambda: len(master.children()) == 2 and master.children(), timeout_s=10, what="2 workers"
+    )
+    return found
+
+
+def _one_killed_and_replaced(
+    master: psutil.Process, before: list[psutil.Process], *, interval_s: float = 0.1
+) -> set[int]:
+    """SIGKILL the first of the master's web processes `before`; the pids of those it started
+    since, as soon as it has."""
+    os.kill(before[0].pid, signal.SIGKILL)
+    replaced: set[int] = wait_until(
+        lambda: {child.pid for child in master.children()} - {child.pid for child in before},
+        timeout_s=10,
+        interval_s=interval_s,
+        what="a new web process",
+    )
+    return replaced
+
+
 def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
     shared_stack: StackFactory,
 ) -> None:
@@ -365,9 +388,7 @@ def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
     stack.worker_start()
     assert stack.web is not None
     master = psutil.Process(stack.web.pid)
-    before = wait_until(
-        lambda: len(master.children()) == 2 and master.children(), timeout_s=10, what="2 workers"
-    )
+    before = _web_processes(master)
     acknowledged: list[str] = []
     failures: list[str] = []  # ids of the requests that got no answer: stored or not, both are right
     failed_at: list[float] = []
@@ -403,12 +424,7 @@ def test_a_web_process_killed_under_load_takes_no_other_down_and_is_replaced(
         thread.start()
     try:
         wait_until(lambda: len(acknowledged) > 100, timeout_s=30, what="load running")
-        os.kill(before[0].pid, signal.SIGKILL)
-        replaced = wait_until(
-            lambda: {child.pid for child in master.children()} - {child.pid for child in before},
-            timeout_s=10,
-            what="a new web process",
-        )
+        replaced = _one_killed_and_replaced(master, before)
         replaced_at = time.monotonic()
         served = len(acknowledged)
         wait_until(lambda: len(acknowledged) > served + 200, timeout_s=30, what="load going on")
@@ -447,18 +463,8 @@ def test_a_web_server_stopped_while_it_replaces_a_process_stops(shared_stack: St
     stack.web_start(processes=2)
     assert stack.web is not None
     master = psutil.Process(stack.web.pid)
-    before = wait_until(
-        lambda: len(master.children()) == 2 and master.children(), timeout_s=10, what="2 workers"
-    )
-    os.kill(before[0].pid, signal.SIGKILL)
-    workers = wait_until(
-        lambda: (
-            {child.pid for child in master.children()} - {child.pid for child in before} and master.children()
-        ),
-        timeout_s=10,
-        interval_s=0.005,
-        what="a new web process",
-    )
+    _one_killed_and_replaced(master, _web_processes(master), interval_s=0.005)
+    workers = master.children()
     stack.web.terminate()
     try:
         code = stack.web.wait(timeout=WEB_KILL_TIMEOUT_S + 10)
