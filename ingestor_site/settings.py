@@ -284,6 +284,10 @@ BATCH_REPLY_SPIN_US = env_int("BATCH_REPLY_SPIN_US", 200, minimum=0, maximum=10_
 # it (messages_app/jobs.py; 0: never): bigger transactions under a stream of single messages.
 WORKER_LINGER_MS = env_int("WORKER_LINGER_MS", 20, minimum=0, maximum=1_000)
 INGEST_MAX_BACKLOG = env_int("INGEST_MAX_BACKLOG", 1_000_000, minimum=1)
+# The nice value the web server's session takes while the backlog is a tenth of
+# INGEST_MAX_BACKLOG or more, leaving the cores to the workers and PostgreSQL
+# (messages_app/cpu_yield.py; 0: never).
+INGEST_YIELD_NICE = env_int("INGEST_YIELD_NICE", 10, minimum=0, maximum=19)
 INGEST_API_KEYS = frozenset(env_list("INGEST_API_KEYS", ""))
 INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 1_048_576, minimum=1024)
 # A body that has not all arrived by then (trickled byte by byte) is refused with 408.

@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from messages_app import services
+from messages_app.cpu_yield import CpuYield
 from telemetry import metrics
 from telemetry.connection import redis_async_client, redis_connection
 
@@ -64,6 +65,7 @@ class Batcher:
         linger_s: float,
         max_backlog: int,
         reply_spin_s: float = 0.0,
+        cpu_yield: CpuYield | None = None,
     ) -> None:
         # One of the two: a blocking enqueue (run in this batcher's threads) or a coroutine of
         # this loop's (no thread to wake and wait for: a lone message's answer comes sooner).
@@ -89,6 +91,8 @@ class Batcher:
         self._in_flight = 0
         self._flush_deferred = False
         self._redis_down_until = 0.0
+        # The web processes' CPU priority, following the backlog (messages_app/cpu_yield.py).
+        self._cpu_yield = cpu_yield
         # Its own threads: a slow database read elsewhere in the process cannot hold up writes.
         self._executor = ThreadPoolExecutor(
             max_workers=MAX_FLUSHES_IN_FLIGHT + 1, thread_name_prefix="batcher"
@@ -174,6 +178,7 @@ class Batcher:
         else:
             self.backlog, self.jobs_waiting = enqueued
             self._backlog_read_at = time.monotonic()
+            self._backlog_follow()
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -198,6 +203,11 @@ class Batcher:
         self._backlog_read_at = time.monotonic()
         raw = await self._in_thread(redis_connection().get, metrics.QUEUE_LENGTH)
         self.backlog = int(raw or 0)
+        self._backlog_follow()
+
+    def _backlog_follow(self) -> None:
+        if self._cpu_yield is not None:
+            self._cpu_yield.follow(self.backlog)
 
     def response_count(self, status: int) -> None:
         """Count an answer the API gave, for the dashboard's errors-per-second figures."""
@@ -226,6 +236,12 @@ class Batcher:
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batcher] = weakref.WeakKeyDictionary()
 
 
+@functools.cache
+def _cpu_yield() -> CpuYield:
+    """The process's one CpuYield: its batchers (one per event loop) share the session's priority."""
+    return CpuYield(nice=settings.INGEST_YIELD_NICE, max_backlog=settings.INGEST_MAX_BACKLOG)
+
+
 def batcher_for_loop() -> Batcher:
     """The batcher of the running event loop (each server worker process runs its own loop)."""
     loop = asyncio.get_running_loop()
@@ -251,6 +267,7 @@ def batcher_for_loop() -> Batcher:
             linger_s=settings.BATCH_LINGER_MS / 1000.0,
             max_backlog=settings.INGEST_MAX_BACKLOG,
             reply_spin_s=settings.BATCH_REPLY_SPIN_US / 1_000_000,
+            cpu_yield=_cpu_yield(),
         )
         _batchers[loop] = batcher
     return batcher

@@ -14,6 +14,7 @@ import redis as redis_lib
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
+from django.test import override_settings
 
 from ingestor_site.embedded import EmbeddedPostgres
 from tests.livestack import BASE_DIR, MANAGE, LiveStack
@@ -63,6 +64,14 @@ def live_stack(
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_yield_off() -> Iterator[None]:
+    """Batchers run in the test process too, whose session is the test runner's, not a web
+    server's (messages_app/cpu_yield.py). The servers the tests start keep the setting."""
+    with override_settings(INGEST_YIELD_NICE=0):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -510,6 +510,39 @@ def test_backlog_over_the_limit_answers_503_and_loses_nothing(shared_stack: Call
     assert_exactly_once(database_url, acknowledged)
 
 
+def autogroup_nice(pid: int) -> int:
+    """The nice value of the session (autogroup) of process `pid`: "/autogroup-N nice V"."""
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="the kernel has no autogroups")
+def test_a_deep_backlog_lowers_the_web_servers_cpu_priority_until_it_drains(
+    shared_stack: Callable[..., LiveStack],
+) -> None:
+    # A tenth of the limit: from 100 messages queued; back under 50.
+    stack = shared_stack(INGEST_MAX_BACKLOG="1000", INGEST_YIELD_NICE="7")
+    own_nice = autogroup_nice(os.getpid())
+    stack.web_start()  # no worker yet: the backlog only grows
+    assert stack.web is not None
+    with httpx.Client(base_url=stack.url, timeout=15) as client:
+        acknowledged = post_batch(client, [message(i) for i in range(60)])
+        assert autogroup_nice(stack.web.pid) == 0
+        acknowledged += post_batch(client, [message(i) for i in range(60, 120)])
+        # Set before the answer: the flush that read the backlog set it.
+        assert autogroup_nice(stack.web.pid) == 7
+        # The server's session alone: the tests' own is untouched.
+        assert autogroup_nice(os.getpid()) == own_nice
+
+        worker = stack.worker_start()
+        assert autogroup_nice(worker.pid) == 0
+        database_url = subprocess_database_url()
+        wait_all_stored(database_url, acknowledged, timeout_s=60)
+        acknowledged.append(post_one(client, message(500)))
+        assert autogroup_nice(stack.web.pid) == 0
+    wait_all_stored(database_url, acknowledged, timeout_s=30)
+    assert_exactly_once(database_url, acknowledged)
+
+
 # --- 6. An unstorable row does not sink its batch -------------------------------------------------
 
 
