@@ -5,8 +5,9 @@ sends as fast as it is answered keeps the web processes busy whatever a request 
 during a sustained batch load PostgreSQL got 57-65% of a core while the web processes took a
 whole one acknowledging about twice what the workers could store: messages the queue then
 holds. While the backlog is deep (a tenth of INGEST_MAX_BACKLOG or more) the web processes
-lower their own CPU priority, and take it back once it is half that again; a stream of single
-messages, which the workers keep up with, never gets there.
+lower their own CPU priority, and take it back once it is below half that; a stream of single
+messages, which the workers keep up with, never gets there. They still answer: /health and
+/stats took as long during a batch load with it as without (README, Benchmarks).
 
 Linux shares the CPU between sessions first (autogroups, `sched_autogroup`), and `make run`
 starts the web server in a session of its own: the priority that counts is the session's,
