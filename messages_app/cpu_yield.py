@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,10 @@ AUTOGROUP = Path("/proc/self/autogroup")
 # below which they come forward again.
 YIELD_FROM = 0.1
 YIELD_UNTIL = 0.05
+# The web processes share their session: each writes what its own backlog figure asks for again
+# at most this often, so that one left behind by another's write (which it does not see) is
+# right again within this long.
+REWRITE_S = 1.0
 
 
 def session_is_the_servers() -> bool:
@@ -50,10 +55,17 @@ class CpuYield:
 
     `nice` 0 turns it off. The nice value the session holds when this starts is not known (a
     replaced web process inherits its session as an earlier one left it): the first backlog
-    figure sets it either way."""
+    figure sets it either way. Another web process of the session may change it meanwhile: the
+    value this one wants is written again every `rewrite_s`."""
 
     def __init__(
-        self, *, nice: int, max_backlog: int, path: Path = AUTOGROUP, eligible: bool | None = None
+        self,
+        *,
+        nice: int,
+        max_backlog: int,
+        path: Path = AUTOGROUP,
+        eligible: bool | None = None,
+        rewrite_s: float = REWRITE_S,
     ) -> None:
         self.nice = nice
         self.yield_from = max(1, int(max_backlog * YIELD_FROM))
@@ -61,6 +73,8 @@ class CpuYield:
         self.path = path
         self.enabled = nice > 0 and (session_is_the_servers() if eligible is None else eligible)
         self.current: int | None = None  # the nice value last written; None: not known
+        self.rewrite_s = rewrite_s
+        self._written_at = 0.0
 
     def follow(self, backlog: int) -> None:
         """Set the session's nice value for a backlog of `backlog` messages, if it changes."""
@@ -72,7 +86,8 @@ class CpuYield:
             wanted = 0
         else:
             return  # between the two marks: as it is
-        if wanted == self.current:
+        now = time.monotonic()
+        if wanted == self.current and now - self._written_at < self.rewrite_s:
             return
         try:
             self.path.write_text(str(wanted))
@@ -82,6 +97,9 @@ class CpuYield:
             # No autogroups (the file is missing), or a kernel or container that refuses it.
             logger.info("Not changing the web processes' CPU priority (%s): %s", self.path, exc)
             self.enabled = False
+            return
+        self._written_at = now
+        if wanted == self.current:
             return
         self.current = wanted
         logger.info(

@@ -20,7 +20,7 @@ def test_the_session_steps_back_from_a_tenth_of_the_limit_and_comes_back_below_a
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "autogroup"
-    cpu = CpuYield(nice=10, max_backlog=1_000, path=path, eligible=True)
+    cpu = CpuYield(nice=10, max_backlog=1_000, path=path, eligible=True, rewrite_s=3600)
     # Not known at first (a replaced web process inherits its session as it was): set either way.
     cpu.follow(60)
     assert written(path) == "0"
@@ -79,3 +79,14 @@ def test_a_change_refused_for_now_is_tried_again_with_the_next_figure(tmp_path: 
     assert cpu.enabled and cpu.current is None and written(path) is None
     cpu.follow(5_000)
     assert written(path) == "10"
+
+
+def test_what_another_process_of_the_session_wrote_is_put_right_again(tmp_path: Path) -> None:
+    path = tmp_path / "autogroup"
+    cpu = CpuYield(nice=10, max_backlog=1_000, path=path, eligible=True, rewrite_s=0.0)
+    cpu.follow(5_000)
+    assert written(path) == "10"
+    path.write_text("0")  # the other web process, whose last figure was a small backlog
+    cpu.follow(5_000)
+    assert written(path) == "10"
+    assert cpu.current == 10
