@@ -510,9 +510,12 @@ def test_backlog_over_the_limit_answers_503_and_loses_nothing(shared_stack: Call
     assert_exactly_once(database_url, acknowledged)
 
 
-def autogroup_nice(pid: int) -> int:
-    """The nice value of the session (autogroup) of process `pid`: "/autogroup-N nice V"."""
-    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+def autogroup_nice(pid: int) -> int | None:
+    """The nice value of the session (autogroup) of process `pid`: "/autogroup-N nice V"; None
+    for a process in init's, which the kernel shows empty and nobody may change (a test runner
+    whose ancestors never started a session of their own, as under some CI runners)."""
+    shown = Path(f"/proc/{pid}/autogroup").read_text().split()
+    return int(shown[-1]) if shown else None
 
 
 @pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="the kernel has no autogroups")
@@ -534,7 +537,7 @@ def test_a_deep_backlog_lowers_the_web_servers_cpu_priority_until_it_drains(
         assert autogroup_nice(os.getpid()) == own_nice
 
         worker = stack.worker_start()
-        assert autogroup_nice(worker.pid) == 0
+        assert autogroup_nice(worker.pid) in (0, None)
         database_url = subprocess_database_url()
         wait_all_stored(database_url, acknowledged, timeout_s=60)
         acknowledged.append(post_one(client, message(500)))
