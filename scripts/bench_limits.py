@@ -28,6 +28,8 @@ WrkRun = Callable[..., dict[str, float]]
 
 LIGHT_LOAD_GOAL = 3.0  # POST p50 <= 3x the no-op's, one connection
 SINGLE_PATH_GOAL = 0.5  # POST req/s >= 0.5 of the no-op's, 64 connections
+# The ceiling's no-op run again, right after the POST run: the goal takes the two no-ops' mean.
+NOOP_AFTER = "wrk GET /health/live, again after the POST"
 BATCH_PATH_GOAL = 0.8  # persisted msg/s >= 0.8 of COPY's rows/s, one worker
 MEMORY_GOAL_MB = 250.0  # `make run` at rest, RSS of every process
 
@@ -275,12 +277,11 @@ def goal_rows(
         )
     posts, noops = ceiling.get("wrk POST /messages", []), ceiling.get("wrk GET /health/live", [])
     if posts and noops:
-        ratios = [
-            post["requests_per_s"] / noop["requests_per_s"] for post, noop in zip(posts, noops, strict=False)
-        ]
+        ratios = single_path_ratios(posts, noops, ceiling.get(NOOP_AFTER, []))
         rows.append(
             f"| single-message path: `POST /messages` req/s ≥ {SINGLE_PATH_GOAL:g} of the no-op's (wrk, 64 "
-            f"connections) | {_spread(ratios, 2)} | {'yes' if min(ratios) >= SINGLE_PATH_GOAL else 'no'} |"
+            f"connections; the no-op right before and right after, their mean) | {_spread(ratios, 2)} "
+            f"| {'yes' if min(ratios) >= SINGLE_PATH_GOAL else 'no'} |"
         )
     if batch:
         ratios = [run.ratio for run in batch]
@@ -306,6 +307,18 @@ def goal_rows(
             f"| {'yes' if memory_rss_mb <= MEMORY_GOAL_MB else 'no'} |"
         )
     return rows
+
+
+def single_path_ratios(
+    posts: list[dict[str, float]], before: list[dict[str, float]], after: list[dict[str, float]]
+) -> list[float]:
+    """Each run's POST req/s over its no-op's: the mean of the no-op run right before and the one
+    right after the POST run (only the one before, for runs measured without the second)."""
+    ratios = []
+    for index, post in enumerate(posts):
+        noops = [run[index]["requests_per_s"] for run in (before, after) if index < len(run)]
+        ratios.append(post["requests_per_s"] / statistics.mean(noops))
+    return ratios
 
 
 def light_rows(light: list[LightLoad]) -> list[str]:

@@ -231,3 +231,25 @@ def test_copys_reference_commits_as_often_as_a_worker_at_most_does(bench: Module
     limits_module = sys.modules["bench_limits"]
     assert limits_module.WORKER_MAX_TRANSACTION_ROWS == jobs.ABSORB_MAX_ROWS
     assert inspect.signature(limits_module.copy_rate).parameters["chunk"].default == jobs.ABSORB_MAX_ROWS
+
+
+def test_the_single_path_goal_takes_the_post_against_the_no_ops_before_and_after_it(
+    bench: ModuleType,
+) -> None:
+    limits_module = sys.modules["bench_limits"]
+
+    def wrk(rate: float) -> dict[str, float]:
+        return {"requests_per_s": rate, "p50": 1.0, "p99": 2.0, "non_2xx": 0.0, "cpu_percent": 10.0}
+
+    ceiling = {
+        "wrk GET /health/live": [wrk(8_000.0), wrk(11_000.0)],
+        "wrk POST /messages": [wrk(5_000.0), wrk(5_000.0)],
+        limits_module.NOOP_AFTER: [wrk(12_000.0), wrk(9_000.0)],
+    }
+    (row,) = limits_module.goal_rows(light=[], ceiling=ceiling, batch=[], memory_rss_mb=None)
+    # 5,000 / mean(8,000, 12,000) = 0.50 and 5,000 / mean(11,000, 9,000) = 0.50: both meet it.
+    assert "| 0.50 (0.50–0.50) | yes |" in row
+    # A report of runs without the second no-op takes the one before alone.
+    del ceiling[limits_module.NOOP_AFTER]
+    (row,) = limits_module.goal_rows(light=[], ceiling=ceiling, batch=[], memory_rss_mb=None)
+    assert "| 0.54 (0.45–0.62) | no |" in row
