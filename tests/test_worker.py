@@ -78,7 +78,7 @@ def test_between_jobs_the_worker_beats_at_most_once_a_second_but_a_jobs_own_beat
     queue: Queue, redis_client: redis_lib.Redis
 ) -> None:
     worker = _worker(queue)
-    worker.register_birth()
+    worker.register_birth()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
     try:
         worker.heartbeat()
         redis_client.expire(worker.key, 7)  # a mark: the next beat would set the TTL again
@@ -96,14 +96,14 @@ def test_between_jobs_the_worker_beats_at_most_once_a_second_but_a_jobs_own_beat
         worker.heartbeat()
         assert redis_client.ttl(worker.key) > 25, "a second later, the beat went"
     finally:
-        worker.register_death()
+        worker.register_death()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
 
 
 def test_the_worker_sets_a_state_it_already_holds_only_once(
     queue: Queue, redis_client: redis_lib.Redis
 ) -> None:
     worker = _worker(queue)
-    worker.register_birth()
+    worker.register_birth()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
     try:
         worker.set_state("idle")
         assert redis_client.hget(worker.key, "state") == b"idle"
@@ -113,4 +113,4 @@ def test_the_worker_sets_a_state_it_already_holds_only_once(
         worker.set_state("busy")
         assert redis_client.hget(worker.key, "state") == b"busy"
     finally:
-        worker.register_death()
+        worker.register_death()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
