@@ -74,43 +74,44 @@ def test_the_maintenance_tick_moves_due_retries(queue: Queue, redis_client: redi
     assert queue.job_ids == [due.id]
 
 
-def test_between_jobs_the_worker_beats_at_most_once_a_second_but_a_jobs_own_beat_always_goes(
-    queue: Queue, redis_client: redis_lib.Redis
-) -> None:
+@pytest.fixture
+def registered(queue: Queue) -> Iterator[IngestWorker]:
+    """A worker registered in Redis, as `rqworker` starts one (its key, its state), gone after."""
     worker = _worker(queue)
     worker.register_birth()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
-    try:
-        worker.heartbeat()
-        redis_client.expire(worker.key, 7)  # a mark: the next beat would set the TTL again
-        worker.heartbeat()
-        assert redis_client.ttl(worker.key) <= 7, "a beat within the second went to Redis"
+    yield worker
+    worker.register_death()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
 
-        # A job's preparation beats through its pipeline, with the job's TTL: always sent.
-        with redis_client.pipeline() as pipe:
-            worker.heartbeat(25, pipeline=pipe)
-            pipe.execute()
-        assert 7 < redis_client.ttl(worker.key) <= 25
 
-        assert worker.last_heartbeat is not None
-        worker.last_heartbeat -= timedelta(seconds=1.5)
-        worker.heartbeat()
-        assert redis_client.ttl(worker.key) > 25, "a second later, the beat went"
-    finally:
-        worker.register_death()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
+def test_between_jobs_the_worker_beats_at_most_once_a_second_but_a_jobs_own_beat_always_goes(
+    registered: IngestWorker, redis_client: redis_lib.Redis
+) -> None:
+    worker = registered
+    worker.heartbeat()
+    redis_client.expire(worker.key, 7)  # a mark: the next beat would set the TTL again
+    worker.heartbeat()
+    assert redis_client.ttl(worker.key) <= 7, "a beat within the second went to Redis"
+
+    # A job's preparation beats through its pipeline, with the job's TTL: always sent.
+    with redis_client.pipeline() as pipe:
+        worker.heartbeat(25, pipeline=pipe)
+        pipe.execute()
+    assert 7 < redis_client.ttl(worker.key) <= 25
+
+    assert worker.last_heartbeat is not None
+    worker.last_heartbeat -= timedelta(seconds=1.5)
+    worker.heartbeat()
+    assert redis_client.ttl(worker.key) > 25, "a second later, the beat went"
 
 
 def test_the_worker_sets_a_state_it_already_holds_only_once(
-    queue: Queue, redis_client: redis_lib.Redis
+    registered: IngestWorker, redis_client: redis_lib.Redis
 ) -> None:
-    worker = _worker(queue)
-    worker.register_birth()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
-    try:
-        worker.set_state("idle")
-        assert redis_client.hget(worker.key, "state") == b"idle"
-        redis_client.hset(worker.key, "state", "mark")
-        worker.set_state("idle")
-        assert redis_client.hget(worker.key, "state") == b"mark", "the same state again was sent"
-        worker.set_state("busy")
-        assert redis_client.hget(worker.key, "state") == b"busy"
-    finally:
-        worker.register_death()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
+    worker = registered
+    worker.set_state("idle")
+    assert redis_client.hget(worker.key, "state") == b"idle"
+    redis_client.hset(worker.key, "state", "mark")
+    worker.set_state("idle")
+    assert redis_client.hget(worker.key, "state") == b"mark", "the same state again was sent"
+    worker.set_state("busy")
+    assert redis_client.hget(worker.key, "state") == b"busy"
