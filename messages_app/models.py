@@ -21,7 +21,10 @@ class Message(models.Model):
     channel_id = models.BigIntegerField()
     content = models.CharField(max_length=CONTENT_MAX_CHARS)
     created_at = models.DateTimeField(help_text="When the API received the message.")
-    inserted_at = models.DateTimeField(help_text="When the worker committed the message.")
+    inserted_at = models.DateTimeField(
+        help_text="When the worker's transaction stored the message: its start, or the message's "
+        "receipt where that came later (a job taken in while the transaction ran)."
+    )
 
     class Meta:
         db_table = "messages"
