@@ -84,10 +84,14 @@ def web_process_command(
             "--connections", str(connections)]  # fmt: skip
 
 
+# A worker's settings: the site's without the apps and URLs only pages use (less memory).
+WORKER_SETTINGS = "ingestor_site.settings_worker"
+
+
 def worker_command(*, name: str, extra: tuple[str, ...] = (), manage: str = MANAGE) -> list[str]:
     """An rq worker on the ingest queue. Give each start a fresh name: a killed worker's
     registration outlives it in Redis (until its TTL), and rq refuses a name still registered."""
-    return [PYTHON, manage, "rqworker", "ingest", "--name", name, *extra]
+    return [PYTHON, manage, "rqworker", "ingest", "--settings", WORKER_SETTINGS, "--name", name, *extra]
 
 
 def spawn(

@@ -52,6 +52,7 @@ sys.path.insert(0, str(BASE_DIR))
 
 import psutil  # noqa: E402
 
+from ingestor_site.processes import WORKER_SETTINGS  # noqa: E402
 from ingestor_site.replicated_redis import RedisNode, ReplicatedRedis, missing_binaries  # noqa: E402
 
 PREFIX = "ingc-"
@@ -351,7 +352,10 @@ class Cluster:
     def worker_start(self, host: str) -> None:
         name = f"{host}-{time.monotonic_ns()}"
         self.workers[host] = self.run(
-            host, host, [PYTHON, MANAGE, "rqworker", "ingest", "--name", name], self.app_env()
+            host,
+            host,
+            [PYTHON, MANAGE, "rqworker", "ingest", "--settings", WORKER_SETTINGS, "--name", name],
+            self.app_env(),
         )
 
     def _keep_workers(self) -> None:

@@ -7,6 +7,7 @@ retries back on the queue itself.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from django.conf import settings
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
+from ingestor_site.processes import WORKER_SETTINGS
 from messages_app.models import Message
 from messages_app.services import INGEST_QUEUE, PERSIST_JOB, batch_enqueue
 from tests.conftest import subprocess_database_url
@@ -29,7 +31,11 @@ from tests.livestack import BASE_DIR, MANAGE, wait_until
 pytestmark = [pytest.mark.integration]
 
 
-@pytest.mark.parametrize("args", [["ingest", "--burst"], ["--burst"]], ids=["named-queue", "default-queue"])
+@pytest.mark.parametrize(
+    "args",
+    [["ingest", "--burst"], ["--burst"], ["ingest", "--burst", "--settings", WORKER_SETTINGS]],
+    ids=["named-queue", "default-queue", "worker-settings"],
+)
 def test_plain_rqworker_burst_processes_a_json_job(
     transactional_db: None, redis_client: redis_lib.Redis, args: list[str]
 ) -> None:
@@ -83,3 +89,35 @@ def test_the_worker_forks_no_scheduler_and_runs_a_due_retry_itself(
     finally:
         worker.kill()
         worker.wait()
+
+
+# What a process has imported once Django is set up and the system checks every management
+# command runs (the URL configuration's included) have run.
+_LOADED_PROBE = """
+import json, sys
+import django
+django.setup()
+from django.core import checks
+checks.run_checks()
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("settings_module", "loaded"),
+    [("ingestor_site.settings", True), (WORKER_SETTINGS, False)],
+    ids=["site", "worker"],
+)
+def test_the_worker_settings_load_no_page_apps_and_no_views(settings_module: str, loaded: bool) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _LOADED_PROBE],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": settings_module},
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    modules = set(json.loads(result.stdout))
+    page_only = {"django.contrib.admin", "channels", "django_htmx", "ingestor_site.urls", "metrics_app.views"}
+    assert (page_only <= modules) if loaded else not (page_only & modules), sorted(page_only & modules)
