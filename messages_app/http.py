@@ -8,11 +8,28 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import msgspec
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 RETRY_AFTER_S = "1"
 
 AsyncView = Callable[[HttpRequest], Coroutine[Any, Any, HttpResponse]]
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def json_answer(data: dict[str, Any], *, status: int) -> HttpResponse:
+    """JsonResponse's answer, encoded by msgspec: the ingest views' accepted answers, one per
+    message on the single path. A JsonResponse (json.dumps through DjangoJSONEncoder) took ~33
+    µs to build here, this ~10 (README, Benchmarks). Non-ASCII text goes out as UTF-8 rather
+    than escaped: the same JSON. What msgspec cannot encode (a lone surrogate, which Python's
+    json module reads from a client's body) goes through JsonResponse, as before."""
+    try:
+        body = _encoder.encode(data)
+    except (TypeError, ValueError, msgspec.EncodeError):  # a type it lacks; a lone surrogate
+        return JsonResponse(data, status=status)
+    return HttpResponse(body, content_type="application/json", status=status)
 
 
 def json_error(status: int, detail: str, **extra: Any) -> JsonResponse:

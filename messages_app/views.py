@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from messages_app import selectors
 from messages_app.batcher import Overloaded, batcher_for_loop
-from messages_app.http import RETRY_AFTER_S, json_error, method_not_allowed, require_safe
+from messages_app.http import RETRY_AFTER_S, json_answer, json_error, method_not_allowed, require_safe
 from messages_app.partitions import uuid7_strings
 from messages_app.services import BatchRow, client_ids_claim, message_digest
 from messages_app.validation import ValidMessage, batch_decode, message_decode, message_validate
@@ -288,7 +288,7 @@ async def messages(request: HttpRequest) -> HttpResponse:
     answer: dict[str, Any] = {"message_id": row.id, "status": "queued", "queued_at": queued_at}
     if replay is not None:
         answer["replay"] = replay
-    return JsonResponse(answer, status=201)
+    return json_answer(answer, status=201)
 
 
 @csrf_exempt
@@ -348,7 +348,7 @@ async def messages_batch(request: HttpRequest) -> HttpResponse:
         return _counted(problem)
     answer["status"] = "queued"
     answer["queued_at"] = datetime.fromtimestamp(received, tz=UTC).isoformat()
-    return JsonResponse(answer, status=201)
+    return json_answer(answer, status=201)
 
 
 def _positive_int_param(request: HttpRequest, name: str, default: int | None, maximum: int) -> int | None:

@@ -23,6 +23,7 @@ import uuid6
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
+from django.http import JsonResponse
 from django.test import override_settings
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -30,6 +31,7 @@ from hypothesis import strategies as st
 
 from ingestor_site.asgi import application
 from ingestor_site.embedded import free_port
+from messages_app.http import json_answer
 from messages_app.models import Message
 from messages_app.services import ingest_queue
 from tests.conftest import subprocess_database_url
@@ -63,6 +65,7 @@ async def test_post_message_answers_201_once_it_is_queued(
     before = datetime.now(tz=UTC)
     response = await api.post("/messages", json=_message(content="  hi there \n"))
     assert response.status_code == 201, response.text
+    assert response.headers["content-type"] == "application/json"
     body = response.json()
     assert set(body) == {"message_id", "status", "queued_at"}
     assert body["status"] == "queued"
@@ -73,6 +76,22 @@ async def test_post_message_answers_201_once_it_is_queued(
     rows = _queued_rows()
     assert [row[:4] for row in rows] == [[body["message_id"], 1, 2, "hi there"]]
     assert int(redis_client.get("queue_length") or 0) == 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"message_ids": ["01a2343d-47c2-7b00-8000-000000000000"], "accepted": 1, "replay": False},
+        {"rejected": [{"index": 0, "errors": ["é\u2028 ✓"]}], "none": None},
+        {"rejected": [{"index": 3, "errors": ["\ud800 alone"]}]},  # no UTF-8 for it: JsonResponse's
+    ],
+    ids=["ids", "non-ascii", "lone-surrogate"],
+)
+def test_json_answer_says_what_jsonresponse_says(data: dict[str, Any]) -> None:
+    answer, reference = json_answer(data, status=201), JsonResponse(data, status=201)
+    assert answer.status_code == 201
+    assert answer["Content-Type"] == reference["Content-Type"] == "application/json"
+    assert json.loads(answer.content) == json.loads(reference.content) == data
 
 
 async def test_post_message_with_a_client_id_uses_it_as_the_message_id(
