@@ -4,7 +4,9 @@ across partitions, concurrent maintainers, the default partition, and the upgrad
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import operator
 import time
 import uuid
 from collections.abc import Iterator
@@ -418,3 +420,19 @@ def test_minted_ids_are_uuid7s_of_now_with_the_receipt_fraction_and_random_bits(
     assert partitions.id_time(minted[0]) == datetime.fromtimestamp(millis / 1000, tz=UTC)
     assert all(text == str(uuid.UUID(text)) for text in partitions.uuid7_strings(100))  # canonical form
     assert partitions.uuid7_strings(0) == []
+
+
+def test_a_lone_minted_id_is_a_uuid7_of_now_with_random_bits() -> None:
+    """POST /messages mints one id at a time, by a path of its own."""
+    before_ns = time.time_ns()
+    texts = [partitions.uuid7_strings(1)[0] for _ in range(5_000)]
+    after_ns = time.time_ns()
+    minted = [uuid.UUID(text) for text in texts]
+    assert len(set(minted)) == 5_000
+    assert all(text == str(value) for text, value in zip(texts, minted, strict=True))  # canonical form
+    assert all(value.version == 7 and value.variant == uuid.RFC_4122 for value in minted)
+    assert all(before_ns // 1_000_000 <= value.int >> 80 <= after_ns // 1_000_000 for value in minted)
+    # The 62 random bits, every one of them set in some id and clear in another.
+    random_bits = [value.int & ((1 << 62) - 1) for value in minted]
+    assert functools.reduce(operator.or_, random_bits) == (1 << 62) - 1
+    assert functools.reduce(operator.and_, random_bits) == 0
