@@ -58,16 +58,18 @@ ABSORB_MAX_ROWS = 20_000
 # The jobs are claimed a step at a time, each step's rows written into the transaction's COPY
 # before the next step is claimed and decoded: PostgreSQL takes in one step's rows meanwhile.
 ABSORB_STEP_ROWS = 4_000
-# A job of a few rows that finds a few small jobs behind it (a stream of single messages under
-# load) waits WORKER_LINGER_MS once before taking them in, so that more arrive and the transaction's
-# fixed costs (rq's bookkeeping, COPY, commit, metrics: two thirds of a worker's CPU at 64
-# connections) are paid for more messages, and the sleeping worker leaves its core to the web
-# processes. A job alone (light load) or with a backlog behind it (a queue to drain) goes at once,
-# and so does a job of one row: its web process had one request open when it flushed, so it is
-# not busy. Lingering behind one-row jobs too took one connection's POST p50 from 709 to 880 µs
-# (scripts/bench_light.py, 10 rounds): the worker then works in bursts beside the web process.
+# A job of a few rows (a stream of single messages under load: its web process flushed several
+# requests at once) waits WORKER_LINGER_MS once before taking in the jobs behind it, so that more
+# arrive and the transaction's fixed costs (rq's bookkeeping, COPY, commit, metrics: two thirds of
+# a worker's CPU at 64 connections) are paid for more messages, and the sleeping worker leaves its
+# core to the web processes; also when no job is queued behind it yet: a worker that keeps up
+# with such a stream would otherwise pay those costs for every few messages. A job with a backlog
+# behind it (a queue to drain) goes at once, and so does a job of one row: its web process had
+# one request open when it flushed, so it is not busy. Lingering behind one-row jobs too took one
+# connection's POST p50 from 709 to 880 µs (scripts/bench_light.py, 10 rounds): the worker then
+# works in bursts beside the web process.
 LINGER_ROWS = range(2, 200)
-LINGER_WAITING_JOBS = range(2, 16)
+LINGER_WAITING_JOBS = range(0, 16)
 # The ids of the jobs a job absorbed, kept until its transaction commits: a rerun of the job
 # (its worker died, PostgreSQL was down) persists them again, so they are never lost between
 # leaving the queue and reaching the table.

@@ -308,26 +308,28 @@ def _lingers_seen(
     return seen
 
 
-def test_a_small_job_with_a_few_small_jobs_behind_it_waits_for_more_once(
-    redis_client: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch, settings: Any
+@pytest.mark.parametrize("jobs_queued", [4, 1], ids=["small-jobs-behind", "alone"])
+def test_a_small_job_waits_for_more_once(
+    redis_client: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch, settings: Any, jobs_queued: int
 ) -> None:
+    """Also alone: a worker that keeps up with a stream of small jobs finds none behind each."""
     settings.WORKER_LINGER_MS = 20
-    batches = [_rows(3) for _ in range(4)]
+    batches = [_rows(3) for _ in range(jobs_queued)]
     for batch in batches:
         batch_enqueue(batch=batch)
     lingers = _lingers_seen(monkeypatch, during=lambda: _rows(2))
     _work()
     assert lingers == [0.02]
-    assert _batch_sizes(redis_client) == [14], "one transaction, with the job that came during the wait"
+    rows = 3 * jobs_queued + 2
+    assert _batch_sizes(redis_client) == [rows], "one transaction, with the job that came during the wait"
     stored = list(Message.objects.values_list("created_at", "inserted_at"))
-    assert len(stored) == 14
+    assert len(stored) == rows
     assert all(inserted >= created for created, inserted in stored), "the transaction starts after the wait"
 
 
 @pytest.mark.parametrize(
     ("jobs_queued", "rows_each", "linger_ms"),
     [
-        (1, 3, 20),  # a job alone: light load, its rows go at once
         (17, 3, 20),  # a backlog: enough to take in already
         (3, jobs.LINGER_ROWS.stop, 20),  # jobs of a batch request: big enough
         (3, 1, 20),  # one-row jobs: their web processes are not busy
