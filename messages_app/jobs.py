@@ -69,7 +69,8 @@ ABSORB_STEP_ROWS = 4_000
 # connection's POST p50 from 709 to 880 µs (scripts/bench_light.py, 10 rounds): the worker then
 # works in bursts beside the web process.
 LINGER_ROWS = range(2, 200)
-LINGER_WAITING_JOBS = range(0, 16)
+# As many jobs queued behind it as this make a backlog: the job goes at once.
+LINGER_BACKLOG_JOBS = 16
 # The ids of the jobs a job absorbed, kept until its transaction commits: a rerun of the job
 # (its worker died, PostgreSQL was down) persists them again, so they are never lost between
 # leaving the queue and reaching the table.
@@ -329,7 +330,7 @@ def _linger_if_worthwhile(job: Job, *, rows: int) -> None:
     during the wait must not be stored as inserted before they were received."""
     if settings.WORKER_LINGER_MS <= 0 or rows not in LINGER_ROWS:
         return
-    if job.connection.llen(_queue_key(job)) in LINGER_WAITING_JOBS:
+    if job.connection.llen(_queue_key(job)) < LINGER_BACKLOG_JOBS:
         time.sleep(settings.WORKER_LINGER_MS / 1000.0)
 
 
