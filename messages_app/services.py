@@ -150,14 +150,22 @@ class PersistResult:
     dead: int
 
 
+# _rows_copy converts and writes a chunk's rows this many at a time, so PostgreSQL starts taking
+# in the first while the rest are converted. One worker draining a backlog opens each transaction
+# with a chunk of up to 20,000 rows (messages_app/jobs.py): converted whole, PostgreSQL waited
+# ~10 ms of every ~140 for its first row (README, Benchmarks).
+COPY_SLICE_ROWS = 1_000
+
+
 def _rows_copy(chunks: Iterable[Sequence[Sequence[Any]]], committed_at: datetime) -> int:
     """Store the rows of every chunk with one binary COPY; return how many. A known id fails it
     (unique violation).
 
     COPY costs PostgreSQL about 60% of what INSERT ... ON CONFLICT costs a row (it buffers rows
     into multi-inserts, and checks no conflict before each), and binary fields need no parsing
-    on either side. The ids and times are converted a chunk at once (README). Each chunk's rows
-    go to PostgreSQL as they are written, which takes them in while the next chunk is made.
+    on either side. The ids and times are converted COPY_SLICE_ROWS at once (README). Rows go to
+    PostgreSQL as they are written, which takes them in while the next ones are converted and the
+    next chunk is made.
     """
     connection.ensure_connection()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
@@ -168,14 +176,16 @@ def _rows_copy(chunks: Iterable[Sequence[Sequence[Any]]], committed_at: datetime
         cursor.adapters.register_dumper(bytes, BytesBinaryDumper)
         with cursor.copy(_copy_sql()) as copy:
             copy.set_types(["bytea", "int8", "int8", "text", "timestamptz", "timestamptz"])
-            for batch in chunks:
-                ids, user_ids, channel_ids, contents, received = zip(*batch, strict=True)
-                moments = _moments(received)
-                created_at = map(moments.__getitem__, received)
-                inserted_at = _inserted_at(committed_at, moments)
-                for row in zip(_uuid_bytes(ids), user_ids, channel_ids, contents, created_at,
-                               itertools.repeat(inserted_at)):  # fmt: skip
-                    copy.write_row(row)
+            for chunk in chunks:
+                for start in range(0, len(chunk), COPY_SLICE_ROWS):
+                    piece = chunk[start : start + COPY_SLICE_ROWS]
+                    ids, user_ids, channel_ids, contents, received = zip(*piece, strict=True)
+                    moments = _moments(received)
+                    created_at = map(moments.__getitem__, received)
+                    inserted_at = _inserted_at(committed_at, moments)
+                    for row in zip(_uuid_bytes(ids), user_ids, channel_ids, contents, created_at,
+                                   itertools.repeat(inserted_at)):  # fmt: skip
+                        copy.write_row(row)
         return cursor.rowcount  # read before the cursor closes, which forgets it
 
 

@@ -460,6 +460,33 @@ def test_streamed_chunks_go_in_one_transaction_each_asked_for_after_the_last_wen
     assert len(set(Message.objects.values_list("inserted_at", flat=True))) == 1  # one commit
 
 
+def test_a_chunk_is_converted_and_written_a_slice_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL takes in a chunk's first rows while the rest are converted: a drained
+    transaction opens with one chunk of up to 20,000 rows."""
+    converted: list[int] = []
+    real_uuid_bytes = services._uuid_bytes
+
+    def uuid_bytes(ids: Any) -> Any:
+        converted.append(len(ids))
+        return real_uuid_bytes(ids)
+
+    monkeypatch.setattr(services, "COPY_SLICE_ROWS", 2)
+    monkeypatch.setattr(services, "_uuid_bytes", uuid_bytes)
+    chunks: list[list[Any]] = [_rows(5), _rows(1)]
+    result, _, _ = services.messages_persist_streamed(_chunks_made(chunks, []), job_id="j")
+    assert (result.inserted, result.dead) == (6, 0)
+    assert converted == [2, 2, 1, 1]
+    stored = {str(message.id): message for message in Message.objects.all()}
+    for row in (row for chunk in chunks for row in chunk):
+        message = stored[row.id]
+        assert (message.user_id, message.channel_id, message.content) == (
+            row.user_id,
+            row.channel_id,
+            row.content,
+        )
+        assert message.created_at.timestamp() == pytest.approx(row.received, abs=1e-6)
+
+
 def test_a_streamed_transaction_refused_is_stored_again_whole() -> None:
     """An id repeated across chunks (a replay) and a bad row in a later chunk: the COPY fails, and
     everything gathered is stored as messages_persist stores a batch."""
