@@ -153,7 +153,7 @@ class PersistResult:
 # _rows_copy converts and writes a chunk's rows this many at a time, so PostgreSQL starts taking
 # in the first while the rest are converted. One worker draining a backlog opens each transaction
 # with a chunk of up to 20,000 rows (messages_app/jobs.py): converted whole, PostgreSQL waited
-# ~10 ms of every ~140 for its first row (README, Benchmarks).
+# ~10 ms of every ~135 for its first row (README, Benchmarks).
 COPY_SLICE_ROWS = 1_000
 
 
