@@ -176,17 +176,23 @@ def _rows_copy(chunks: Iterable[Sequence[Sequence[Any]]], committed_at: datetime
         cursor.adapters.register_dumper(bytes, BytesBinaryDumper)
         with cursor.copy(_copy_sql()) as copy:
             copy.set_types(["bytea", "int8", "int8", "text", "timestamptz", "timestamptz"])
-            for chunk in chunks:
-                for start in range(0, len(chunk), COPY_SLICE_ROWS):
-                    piece = chunk[start : start + COPY_SLICE_ROWS]
-                    ids, user_ids, channel_ids, contents, received = zip(*piece, strict=True)
-                    moments = _moments(received)
-                    created_at = map(moments.__getitem__, received)
-                    inserted_at = _inserted_at(committed_at, moments)
-                    for row in zip(_uuid_bytes(ids), user_ids, channel_ids, contents, created_at,
-                                   itertools.repeat(inserted_at)):  # fmt: skip
-                        copy.write_row(row)
+            for piece in _slices(chunks):
+                ids, user_ids, channel_ids, contents, received = zip(*piece, strict=True)
+                moments = _moments(received)
+                created_at = map(moments.__getitem__, received)
+                inserted_at = _inserted_at(committed_at, moments)
+                for row in zip(_uuid_bytes(ids), user_ids, channel_ids, contents, created_at,
+                               itertools.repeat(inserted_at)):  # fmt: skip
+                    copy.write_row(row)
         return cursor.rowcount  # read before the cursor closes, which forgets it
+
+
+def _slices(chunks: Iterable[Sequence[Sequence[Any]]]) -> Iterator[Sequence[Sequence[Any]]]:
+    """Every chunk's rows, COPY_SLICE_ROWS at a time; each chunk asked for once the slices
+    before it are taken."""
+    for chunk in chunks:
+        for start in range(0, len(chunk), COPY_SLICE_ROWS):
+            yield chunk[start : start + COPY_SLICE_ROWS]
 
 
 def _uuid_bytes(ids: Sequence[Any]) -> list[bytes]:
